@@ -1,0 +1,123 @@
+"""Trace-time validation of what users pass to a buffer.
+
+Every check runs while JAX traces a call, before anything is written, so a rejected call
+costs nothing at run time and leaves the state untouched. Messages name the call, the leaf
+path, what was expected and what came.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, PyTree
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    return jtu.keystr(path) if path else "<root>"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_example(where: str, experience: PyTree) -> None:
+    """An example step must be a non-empty pytree whose leaves are all arrays."""
+    leaves = jtu.tree_flatten_with_path(experience)[0]
+    if not leaves:
+        raise ValueError(f"`{where}`: the example has no array leaves; got {experience!r}")
+    for path, leaf in leaves:
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            raise TypeError(
+                f"`{where}`: leaf {_path(path)} is a {type(leaf).__name__} ({leaf!r}); "
+                "expected an array. Wrap Python numbers with `jnp.asarray` so the dtype "
+                "and shape stored in the buffer are explicit."
+            )
+
+
+def _structure_error(where: str, expected: PyTree, got: PyTree) -> str:
+    expected_paths = {_path(p) for p, _ in jtu.tree_flatten_with_path(expected)[0]}
+    got_paths = {_path(p) for p, _ in jtu.tree_flatten_with_path(got)[0]}
+    missing = sorted(expected_paths - got_paths)
+    extra = sorted(got_paths - expected_paths)
+    parts = []
+    if missing:
+        parts.append("is missing leaves " + ", ".join(missing))
+    if extra:
+        parts.append("has unexpected leaves " + ", ".join(extra))
+    if not parts:
+        parts.append(f"has structure {jtu.tree_structure(got)}")
+    return (
+        f"`{where}`: the batch "
+        + " and ".join(parts)
+        + f"; expected the structure of the example given to `init`: "
+        f"{jtu.tree_structure(expected)}"
+    )
+
+
+def check_batch(
+    where: str, storage: PyTree[Array], batch: PyTree, max_steps: int
+) -> int:
+    """Checks a batch of steps against the storage it will be written into.
+
+    `storage` leaves are `(rows, capacity, *item)`; each batch leaf must be
+    `(rows, steps, *item)` with the storage's dtype and one common `1 <= steps <= max_steps`.
+
+    **Returns:** `steps`.
+    """
+    if jtu.tree_structure(batch) != jtu.tree_structure(storage):
+        raise ValueError(_structure_error(where, storage, batch))
+    stored = jtu.tree_flatten_with_path(storage)[0]
+    given = jtu.tree_leaves(batch)
+    steps_seen: tuple[str, int] | None = None
+    for (path, store), leaf in zip(stored, given):
+        rows, item = store.shape[0], store.shape[2:]
+        expected = f"({rows}, t{''.join(', ' + str(d) for d in item)})"
+        name = _path(path)
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(
+                f"`{where}`: leaf {name} is a {type(leaf).__name__}; expected an array of "
+                f"shape {expected}"
+            )
+        shape = tuple(leaf.shape)
+        if (
+            len(shape) != store.ndim
+            or shape[0] != rows
+            or shape[2:] != item
+            or not 1 <= shape[1] <= max_steps
+        ):
+            raise ValueError(
+                f"`{where}`: leaf {name} has shape {_shape(shape)}; expected {expected} "
+                f"with 1 <= t <= {max_steps}"
+            )
+        if leaf.dtype != store.dtype:
+            raise TypeError(
+                f"`{where}`: leaf {name} has dtype {leaf.dtype}; expected {store.dtype}, "
+                "the dtype of the example given to `init`"
+            )
+        if steps_seen is None:
+            steps_seen = (name, shape[1])
+        elif shape[1] != steps_seen[1]:
+            raise ValueError(
+                f"`{where}`: leaves disagree on the time length t: {steps_seen[0]} has "
+                f"{steps_seen[1]} steps, {name} has {shape[1]}"
+            )
+    assert steps_seen is not None
+    return steps_seen[1]
+
+
+def check_key(where: str, key: Any) -> None:
+    """A key is a typed key of shape `()` (`jax.random.key`) or a raw `uint32[2]`
+    (`jax.random.PRNGKey`)."""
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()))
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return
+    if dtype == jnp.uint32 and shape == (2,):
+        return
+    got = f"{dtype}{list(shape)}" if dtype is not None else type(key).__name__
+    raise TypeError(
+        f"`{where}`: `rng_key` must be a single PRNG key, from `jax.random.key(seed)` or "
+        f"`jax.random.PRNGKey(seed)`; got {got}"
+    )

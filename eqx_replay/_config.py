@@ -1,0 +1,89 @@
+"""Validation of buffer configurations: errors name the argument, warnings match Flashbax's."""
+
+import operator
+import warnings
+
+
+def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int; got the bool {value!r}")
+    try:
+        as_int = operator.index(value)  # pyright: ignore[reportArgumentType] # checked below
+    except TypeError:
+        raise TypeError(
+            f"`{name}` must be an int; got {type(value).__name__} {value!r}"
+        ) from None
+    lowest = 0 if allow_zero else 1
+    if as_int < lowest:
+        raise ValueError(f"`{name}` must be >= {lowest}; got {as_int}")
+    return as_int
+
+
+def trajectory_config(
+    *,
+    add_batch_size: object,
+    sample_batch_size: object,
+    sample_sequence_length: object,
+    period: object,
+    min_length_time_axis: object,
+    max_size: object | None,
+    max_length_time_axis: object | None,
+) -> tuple[int, int, int, int, int, int]:
+    """Validates a trajectory buffer's configuration.
+
+    **Returns:** `(add_batch_size, sample_batch_size, sample_sequence_length, period,
+    min_length_time_axis, max_length_time_axis)` as ints, with the time axis resolved from
+    `max_size` when that was given and `min_length_time_axis` raised to
+    `sample_sequence_length` when it was smaller.
+    """
+    rows = _positive_int("add_batch_size", add_batch_size)
+    samples = _positive_int("sample_batch_size", sample_batch_size)
+    length = _positive_int("sample_sequence_length", sample_sequence_length)
+    period_ = _positive_int("period", period)
+    min_length = _positive_int("min_length_time_axis", min_length_time_axis, allow_zero=True)
+    if (max_size is None) == (max_length_time_axis is None):
+        raise ValueError(
+            "give exactly one of `max_size` (steps in the whole buffer) and "
+            "`max_length_time_axis` (steps per row); got "
+            + ("both" if max_size is not None else "neither")
+        )
+    if max_size is not None:
+        size = _positive_int("max_size", max_size)
+        capacity = size // rows
+        if capacity == 0:
+            raise ValueError(
+                f"`max_size` ({size}) must be at least `add_batch_size` ({rows}), so that "
+                "each row holds at least one step"
+            )
+        if size % rows:
+            warnings.warn(
+                f"`max_size` ({size}) is not a multiple of `add_batch_size` ({rows}); the "
+                f"buffer holds {capacity} steps per row, {capacity * rows} in all",
+                stacklevel=3,
+            )
+    else:
+        capacity = _positive_int("max_length_time_axis", max_length_time_axis)
+    if length > capacity:
+        raise ValueError(
+            f"`sample_sequence_length` ({length}) must be <= the time axis "
+            f"({capacity} steps per row)"
+        )
+    if min_length > capacity:
+        raise ValueError(
+            f"`min_length_time_axis` ({min_length}) must be <= the time axis "
+            f"({capacity} steps per row)"
+        )
+    if min_length < length:
+        warnings.warn(
+            f"`min_length_time_axis` ({min_length}) is less than `sample_sequence_length` "
+            f"({length}); raising it to {length}, since no window exists before then",
+            stacklevel=3,
+        )
+        min_length = length
+    if period_ > length:
+        warnings.warn(
+            f"`period` ({period_}) is greater than `sample_sequence_length` ({length}): "
+            f"{period_ - length} of every {period_} steps are never sampled",
+            stacklevel=3,
+        )
+    return rows, samples, length, period_, min_length, capacity

@@ -1,0 +1,94 @@
+"""The ring: every piece of circular index arithmetic that the buffers share.
+
+A buffer's storage is a pytree of arrays shaped `(rows, capacity, ...)`. New steps are written
+along the time axis at the write head, wrapping around; reads take windows of consecutive
+steps that start on the period grid, counted from the oldest step still stored.
+"""
+
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int, Shaped
+
+
+def advance(
+    current_index: Int[Array, ""], is_full: Bool[Array, ""], steps: int, capacity: int
+) -> tuple[Int[Array, ""], Bool[Array, ""]]:
+    """Moves the write head forward by `steps` (`1 <= steps <= capacity`).
+
+    **Returns:** the new `(current_index, is_full)`.
+    """
+    end = current_index + steps
+    return end % capacity, is_full | (end >= capacity)
+
+
+def num_windows(
+    current_index: Int[Array, ""],
+    is_full: Bool[Array, ""],
+    capacity: int,
+    length: int,
+    period: int,
+) -> Int[Array, ""]:
+    """How many windows of `length` steps start on the period grid of the stored steps."""
+    stored = jnp.where(is_full, capacity, current_index)
+    return jnp.where(stored >= length, (stored - length) // period + 1, 0)
+
+
+def window_start(
+    window: Int[Array, " samples"],
+    current_index: Int[Array, ""],
+    is_full: Bool[Array, ""],
+    capacity: int,
+    period: int,
+) -> Int[Array, " samples"]:
+    """Physical time index of the first step of the `window`-th window on the period grid.
+
+    Windows are counted from the oldest stored step: index 0 before the ring has wrapped,
+    the write head after.
+    """
+    oldest = jnp.where(is_full, current_index, 0)
+    return (oldest + window * period) % capacity
+
+
+def write(
+    storage: Shaped[Array, "rows capacity *item"],
+    steps: Shaped[Array, "rows steps *item"],
+    current_index: Int[Array, ""],
+) -> Shaped[Array, "rows capacity *item"]:
+    """Writes `steps` at time indices `(current_index + arange(steps)) % capacity`.
+
+    The write is one `dynamic_update_slice` when it cannot wrap, and otherwise two slice
+    writes: never a scatter, which XLA cannot always perform in place and which is slow on
+    GPU. Requires `1 <= steps <= capacity`.
+    """
+    capacity, num_steps = storage.shape[1], steps.shape[1]
+    if num_steps == 1:
+        return lax.dynamic_update_slice_in_dim(storage, steps, current_index, axis=1)
+    # `wrapped` steps at the end of `steps` go to the front of the ring. Rolling them to the
+    # front of `steps` lets both pieces be written by slices of static size: the tail slice
+    # `[capacity - num_steps, capacity)` and the head slice `[0, num_steps)`, each masked so
+    # that only the positions that belong to this write change.
+    wrapped = jnp.maximum(current_index + num_steps - capacity, 0)
+    rolled = jnp.roll(steps, wrapped, axis=1)
+    offset = jnp.arange(num_steps).reshape((1, num_steps) + (1,) * (steps.ndim - 2))
+    tail_start = jnp.minimum(current_index, capacity - num_steps)
+    old_tail = lax.dynamic_slice_in_dim(storage, tail_start, num_steps, axis=1)
+    storage = lax.dynamic_update_slice_in_dim(
+        storage, jnp.where(offset >= wrapped, rolled, old_tail), tail_start, axis=1
+    )
+    old_head = lax.slice_in_dim(storage, 0, num_steps, axis=1)
+    return lax.dynamic_update_slice_in_dim(
+        storage, jnp.where(offset < wrapped, rolled, old_head), 0, axis=1
+    )
+
+
+def read(
+    storage: Shaped[Array, "rows capacity *item"],
+    rows: Int[Array, " samples"],
+    starts: Int[Array, " samples"],
+    length: int,
+) -> Shaped[Array, "samples length *item"]:
+    """Reads, for each sample, `length` consecutive steps of row `rows[i]` from time
+    `starts[i]`, wrapping around the ring."""
+    capacity = storage.shape[1]
+    times = (starts[:, None] + jnp.arange(length)) % capacity
+    return storage[rows[:, None], times]
