@@ -56,9 +56,7 @@ def _structure_error(where: str, expected: PyTree, got: PyTree) -> str:
     )
 
 
-def check_batch(
-    where: str, storage: PyTree[Array], batch: PyTree, max_steps: int
-) -> int:
+def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: int) -> int:
     """Checks a batch of steps against the storage it will be written into.
 
     `storage` leaves are `(rows, capacity, *item)`; each batch leaf must be

@@ -10,9 +10,7 @@ def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     try:
         as_int = operator.index(value)  # pyright: ignore[reportArgumentType] # checked below
     except TypeError:
-        raise TypeError(
-            f"`{name}` must be an int; got {type(value).__name__} {value!r}"
-        ) from None
+        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}") from None
     lowest = 0 if allow_zero else 1
     if as_int < lowest:
         raise ValueError(f"`{name}` must be >= {lowest}; got {as_int}")

@@ -1,12 +1,12 @@
 """The trajectory buffer: batches of trajectories stored along a circular time axis, sampled
 as windows of consecutive steps on a period grid."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
-import equinox as eqx
-from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Int, PyTree, Shaped
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key
@@ -110,7 +110,7 @@ class TrajectoryBuffer(eqx.Module):
             raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
         self.donate_state = donate_state
 
-    def init(self, experience: PyTree[ArrayLike]) -> TrajectoryBufferState:
+    def init(self, experience: PyTree) -> TrajectoryBufferState:
         """Creates an empty state.
 
         **Arguments:**
@@ -134,9 +134,7 @@ class TrajectoryBuffer(eqx.Module):
             is_full=jnp.array(False),
         )
 
-    def add(
-        self, state: TrajectoryBufferState, batch: PyTree[ArrayLike]
-    ) -> TrajectoryBufferState:
+    def add(self, state: TrajectoryBufferState, batch: PyTree) -> TrajectoryBufferState:
         """Appends a batch of trajectory pieces, continuing each row where the last add
         stopped.
 
@@ -155,9 +153,9 @@ class TrajectoryBuffer(eqx.Module):
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped)."""
         return _can_sample(self, state)
 
-    def sample(
-        self, state: TrajectoryBufferState, rng_key: PRNGKeyArray
-    ) -> TrajectoryBufferSample:
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message, also
+    # under jaxtyping's import hook.
+    def sample(self, state: TrajectoryBufferState, rng_key: ArrayLike) -> TrajectoryBufferSample:
         """Draws `sample_batch_size` windows, uniformly and with replacement.
 
         The row and the window start are drawn independently. Starts lie on the period grid
@@ -191,9 +189,7 @@ def _check_state(where: str, buffer: TrajectoryBuffer, state: TrajectoryBufferSt
             )
 
 
-def _can_sample_traced(
-    buffer: TrajectoryBuffer, state: TrajectoryBufferState
-) -> Bool[Array, ""]:
+def _can_sample_traced(buffer: TrajectoryBuffer, state: TrajectoryBufferState) -> Bool[Array, ""]:
     return state.is_full | (state.current_index >= buffer.min_length_time_axis)
 
 
@@ -215,7 +211,7 @@ def _add_traced(
 
 
 def _sample_traced(
-    buffer: TrajectoryBuffer, state: TrajectoryBufferState, rng_key: PRNGKeyArray
+    buffer: TrajectoryBuffer, state: TrajectoryBufferState, rng_key: ArrayLike
 ) -> TrajectoryBufferSample:
     where = "TrajectoryBuffer.sample"
     _check_state(where, buffer, state)

@@ -10,12 +10,15 @@ import numpy as np
 
 class TrajectoryReference:
     def __init__(self, rows, capacity, length, period, min_length, example):
-        self.rows, self.capacity, self.length, self.period = rows, capacity, length, period
+        self.rows, self.capacity, self.length, self.period = (
+            rows,
+            capacity,
+            length,
+            period,
+        )
         self.min_length = max(min_length, length)
         self.example = {k: np.asarray(v) for k, v in example.items()}
-        self.history = {
-            k: np.zeros((rows, 0) + v.shape, v.dtype) for k, v in self.example.items()
-        }
+        self.history = {k: np.zeros((rows, 0) + v.shape, v.dtype) for k, v in self.example.items()}
 
     @property
     def total(self) -> int:

@@ -3,7 +3,6 @@
 import collections
 
 import equinox as eqx
-import eqx_replay
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 import scipy.stats
 from hypothesis import given, settings
+
+import eqx_replay
 
 from .helpers import quiet
 from .reference import TrajectoryReference
@@ -48,8 +49,15 @@ def check_samples(buffer, state, ref, keys):
     offsets = np.arange(buffer.sample_sequence_length)
     for key in keys:
         sample = jax.device_get(buffer.sample(state, key).experience)
-        assert sample["step"].shape == (buffer.sample_batch_size, buffer.sample_sequence_length)
-        assert sample["obs"].shape == (buffer.sample_batch_size, buffer.sample_sequence_length, 2)
+        assert sample["step"].shape == (
+            buffer.sample_batch_size,
+            buffer.sample_sequence_length,
+        )
+        assert sample["obs"].shape == (
+            buffer.sample_batch_size,
+            buffer.sample_sequence_length,
+            2,
+        )
         rows, starts = np.divmod(sample["step"][:, 0], ROW_CODE)
         times = starts[:, None] + offsets
         assert times.max() < ref.total

@@ -1,0 +1,274 @@
+"""Bad input: clear errors at trace time, before anything is written; the state survives."""
+
+import re
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_replay
+
+from .helpers import seed_example, to_numpy, tree_allclose
+
+
+def seed_buffer(**overrides):
+    config: dict[str, Any] = dict(
+        add_batch_size=6,
+        sample_batch_size=4,
+        sample_sequence_length=8,
+        period=1,
+        min_length_time_axis=16,
+        max_length_time_axis=32,
+    )
+    config.update(overrides)
+    return eqx_replay.make_trajectory_buffer(**config)
+
+
+def seed_batch(steps=10, rows=6):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (rows, steps, *x.shape)), seed_example())
+
+
+@pytest.fixture
+def filled():
+    buffer = seed_buffer()
+    state = buffer.add(buffer.init(seed_example()), seed_batch())
+    return buffer, state
+
+
+def obs(steps=10, rows=6, trailing=(2,), dtype=jnp.int32):
+    return jnp.zeros((rows, steps, *trailing), dtype)
+
+
+BAD_BATCHES = {
+    "batch size": (
+        {"obs": obs(rows=3), "reward": jnp.zeros((3, 10))},
+        ValueError,
+        "`TrajectoryBuffer.add`: leaf ['obs'] has shape (3, 10, 2); expected (6, t, 2) "
+        "with 1 <= t <= 32",
+    ),
+    "missing leaf": (
+        {"obs": obs()},
+        ValueError,
+        "`TrajectoryBuffer.add`: the batch is missing leaves ['reward']",
+    ),
+    "extra leaf": (
+        {"obs": obs(), "reward": jnp.zeros((6, 10)), "done": jnp.zeros((6, 10), bool)},
+        ValueError,
+        "`TrajectoryBuffer.add`: the batch has unexpected leaves ['done']",
+    ),
+    "renamed leaf": (
+        {"obs": obs(), "rew": jnp.zeros((6, 10))},
+        ValueError,
+        "`TrajectoryBuffer.add`: the batch is missing leaves ['reward'] and has unexpected "
+        "leaves ['rew']",
+    ),
+    "container type": (
+        (obs(), jnp.zeros((6, 10))),
+        ValueError,
+        "`TrajectoryBuffer.add`: the batch is missing leaves ['obs'], ['reward'] and has "
+        "unexpected leaves [0], [1]",
+    ),
+    "dtype": (
+        {"obs": obs(dtype=jnp.float32), "reward": jnp.zeros((6, 10))},
+        TypeError,
+        "`TrajectoryBuffer.add`: leaf ['obs'] has dtype float32; expected int32",
+    ),
+    "trailing shape": (
+        {"obs": obs(trailing=(3,)), "reward": jnp.zeros((6, 10))},
+        ValueError,
+        "`TrajectoryBuffer.add`: leaf ['obs'] has shape (6, 10, 3); expected (6, t, 2)",
+    ),
+    "rank": (
+        {"obs": jnp.zeros((6, 2), jnp.int32), "reward": jnp.zeros((6, 10))},
+        ValueError,
+        "`TrajectoryBuffer.add`: leaf ['obs'] has shape (6, 2); expected (6, t, 2)",
+    ),
+    "zero steps": (
+        seed_batch(steps=0),
+        ValueError,
+        "`TrajectoryBuffer.add`: leaf ['obs'] has shape (6, 0, 2); expected (6, t, 2) with "
+        "1 <= t <= 32",
+    ),
+    "longer than the buffer": (
+        seed_batch(steps=33),
+        ValueError,
+        "`TrajectoryBuffer.add`: leaf ['obs'] has shape (6, 33, 2); expected (6, t, 2) with "
+        "1 <= t <= 32",
+    ),
+    "time lengths disagree": (
+        {"obs": obs(steps=10), "reward": jnp.zeros((6, 9))},
+        ValueError,
+        "`TrajectoryBuffer.add`: leaves disagree on the time length t: ['obs'] has 10 steps, "
+        "['reward'] has 9",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES)
+def test_bad_batch_is_rejected_and_state_survives(filled, case):
+    buffer, state = filled
+    before = to_numpy(state)
+    batch, error, message = BAD_BATCHES[case]
+    with pytest.raises(error, match=re.escape(message)):
+        buffer.add(state, batch)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+    assert tree_allclose(to_numpy(state), before)
+    state = buffer.add(state, seed_batch())
+    assert int(state.current_index) == 20
+
+
+@pytest.mark.parametrize(
+    "key,got",
+    [
+        (0, "int32[]"),
+        (jnp.zeros(3, jnp.uint32), "uint32[3]"),
+        (jnp.zeros(2, jnp.float32), "float32[2]"),
+        (jax.random.split(jax.random.key(0)), "key<fry>[2]"),
+    ],
+)
+def test_non_key_to_sample(filled, key, got):
+    buffer, state = filled
+    state = buffer.add(state, seed_batch())
+    message = (
+        "`TrajectoryBuffer.sample`: `rng_key` must be a single PRNG key, from "
+        f"`jax.random.key(seed)` or `jax.random.PRNGKey(seed)`; got {got}"
+    )
+    with pytest.raises(TypeError, match=re.escape(message)):
+        buffer.sample(state, key)
+    assert buffer.sample(state, jax.random.PRNGKey(0)).experience["obs"].shape == (
+        4,
+        8,
+        2,
+    )
+
+
+@pytest.mark.parametrize(
+    "example,message",
+    [
+        (
+            {"obs": jnp.zeros(2), "reward": 1.0},
+            "leaf ['reward'] is a float (1.0); expected an array",
+        ),
+        ({"obs": "pixels"}, "leaf ['obs'] is a str ('pixels'); expected an array"),
+        ({}, "the example has no array leaves"),
+    ],
+)
+def test_example_must_have_array_leaves(example, message):
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        seed_buffer().init(example)
+
+
+def test_state_from_another_buffer(filled):
+    _, state = filled
+    other = seed_buffer(max_length_time_axis=16)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "`TrajectoryBuffer.add`: state leaf ['obs'] has shape (6, 32, 2); "
+            "this buffer stores (6, 16, '...')"
+        ),
+    ):
+        other.add(state, seed_batch())
+
+
+def test_sampling_before_can_sample_raises_and_state_survives():
+    buffer = seed_buffer()
+    state = buffer.add(buffer.init(seed_example()), seed_batch())
+    assert not buffer.can_sample(state)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="cannot be sampled yet"):
+        buffer.sample(state, jax.random.key(0))
+    state = buffer.add(state, seed_batch())
+    assert buffer.sample(state, jax.random.key(0)).experience["reward"].shape == (4, 8)
+
+
+def test_sampling_guard_fires_inside_a_users_filter_jit():
+    buffer = seed_buffer()
+    state = buffer.init(seed_example())
+    with pytest.raises(eqx.EquinoxRuntimeError, match="cannot be sampled yet"):
+        eqx.filter_jit(buffer.sample)(state, jax.random.key(0))
+
+
+CONFIG_ERRORS = [
+    (dict(add_batch_size=0), ValueError, "`add_batch_size` must be >= 1; got 0"),
+    (
+        dict(sample_batch_size=-1),
+        ValueError,
+        "`sample_batch_size` must be >= 1; got -1",
+    ),
+    (
+        dict(sample_sequence_length=0),
+        ValueError,
+        "`sample_sequence_length` must be >= 1",
+    ),
+    (dict(period=0), ValueError, "`period` must be >= 1; got 0"),
+    (dict(min_length_time_axis=-2), ValueError, "`min_length_time_axis` must be >= 0"),
+    (dict(max_length_time_axis=0), ValueError, "`max_length_time_axis` must be >= 1"),
+    (dict(period=1.5), TypeError, "`period` must be an int; got float 1.5"),
+    (
+        dict(add_batch_size=True),
+        TypeError,
+        "`add_batch_size` must be an int; got the bool",
+    ),
+    (
+        dict(sample_sequence_length=40, min_length_time_axis=40),
+        ValueError,
+        "`sample_sequence_length` (40) must be <= the time axis (32 steps per row)",
+    ),
+    (
+        dict(min_length_time_axis=33),
+        ValueError,
+        "`min_length_time_axis` (33) must be <= the time axis (32 steps per row)",
+    ),
+    (dict(max_size=192), ValueError, "give exactly one of `max_size`"),
+    (
+        dict(max_length_time_axis=None),
+        ValueError,
+        "give exactly one of `max_size` (steps in the whole buffer) and "
+        "`max_length_time_axis` (steps per row); got neither",
+    ),
+    (
+        dict(max_length_time_axis=None, max_size=5),
+        ValueError,
+        "`max_size` (5) must be at least `add_batch_size` (6)",
+    ),
+    (dict(donate_state="yes"), TypeError, "`donate_state` must be a bool"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,message", CONFIG_ERRORS)
+def test_config_errors_name_the_argument(overrides, error, message):
+    with pytest.raises(error) as info:
+        seed_buffer(**overrides)
+    if error is TypeError and "Type-check error" in str(info.value):
+        # Under jaxtyping's import hook beartype checks the annotation `int` first; its
+        # message names the parameter too.
+        (name,) = overrides
+        assert f"parameter '{name}'" in str(info.value)
+    else:
+        assert message in str(info.value)
+
+
+def test_config_warnings():
+    with pytest.warns(UserWarning, match="raising it to 8"):
+        buffer = seed_buffer(min_length_time_axis=4)
+    assert buffer.min_length_time_axis == 8
+    with pytest.warns(UserWarning, match=re.escape("`period` (10) is greater than")):
+        seed_buffer(period=10)
+    with pytest.warns(UserWarning, match="not a multiple of `add_batch_size`"):
+        buffer = seed_buffer(max_length_time_axis=None, max_size=200)
+    assert buffer.max_length_time_axis == 33
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert seed_buffer(max_length_time_axis=None, max_size=192).max_length_time_axis == 32
+
+
+def test_numpy_float64_batch_is_stored_as_float32():
+    buffer = seed_buffer()
+    state = buffer.init({"x": np.zeros(3)})
+    assert state.experience["x"].dtype == jnp.float32
+    state = buffer.add(state, {"x": np.ones((6, 2, 3))})
+    assert float(state.experience["x"].sum()) == 36.0

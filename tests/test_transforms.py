@@ -1,0 +1,231 @@
+"""The buffer composes: jit, vmap, scan, pmap, an Equinox agent, donation, no retracing."""
+
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import eqx_replay
+import eqx_replay._ring as ring
+
+from .helpers import to_numpy, tree_allclose
+
+
+ROWS, CAPACITY, LENGTH = 3, 12, 4
+
+
+def make_buffer(**overrides):
+    config: dict[str, Any] = dict(
+        add_batch_size=ROWS,
+        sample_batch_size=5,
+        sample_sequence_length=LENGTH,
+        period=2,
+        min_length_time_axis=LENGTH,
+        max_length_time_axis=CAPACITY,
+    )
+    config.update(overrides)
+    return eqx_replay.make_trajectory_buffer(**config)
+
+
+def example():
+    return {"obs": jnp.zeros(2, jnp.float32), "step": jnp.int32(0)}
+
+
+def batches(count, steps, key=0, first_step=0):
+    """`count` batches; along each row the `step` leaf increases from batch to batch."""
+    obs = jr.normal(jr.key(key), (count, ROWS, steps, 2))
+    step = jnp.arange(count * ROWS * steps, dtype=jnp.int32).reshape(count, ROWS, steps)
+    step = step + first_step
+    return {"obs": obs, "step": step}
+
+
+def nth(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def sequential(buffer, stacked, count):
+    state = buffer.init(example())
+    for i in range(count):
+        state = buffer.add(state, nth(stacked, i))
+    return state
+
+
+def test_jit():
+    buffer = make_buffer()
+    data = batches(4, 5)
+    expected = sequential(buffer, data, 4)
+    add, sample = jax.jit(buffer.add), jax.jit(buffer.sample)
+    state = buffer.init(example())
+    for i in range(4):
+        state = add(state, nth(data, i))
+    assert tree_allclose(to_numpy(state), to_numpy(expected))
+    key = jr.key(3)
+    assert tree_allclose(sample(state, key), buffer.sample(expected, key))
+
+
+def test_vmap_is_a_batch_of_independent_buffers():
+    buffer = make_buffer()
+    n = 3
+    data = [batches(n, 5, key=k) for k in range(3)]
+    states = jax.vmap(buffer.init)(jax.tree.map(lambda x: jnp.stack([x] * n), example()))
+    for d in data:
+        states = jax.vmap(buffer.add)(states, d)
+    keys = jr.split(jr.key(0), n)
+    samples = jax.vmap(buffer.sample)(states, keys)
+    can = jax.vmap(buffer.can_sample)(states)
+    for i in range(n):
+        state = buffer.init(example())
+        for d in data:
+            state = buffer.add(state, nth(d, i))
+        assert tree_allclose(to_numpy(nth(states, i)), to_numpy(state))
+        assert tree_allclose(nth(samples, i), buffer.sample(state, keys[i]))
+        assert bool(can[i])
+
+
+def test_scan_with_state_as_carry():
+    buffer = make_buffer()
+    data = batches(7, 3)
+    expected = sequential(buffer, data, 7)
+
+    @jax.jit
+    def fill(state, data):
+        def body(state, batch):
+            state = buffer.add(state, batch)
+            return state, buffer.can_sample(state)
+
+        return jax.lax.scan(body, state, data)
+
+    state, can = fill(buffer.init(example()), data)
+    assert tree_allclose(to_numpy(state), to_numpy(expected))
+    np.testing.assert_array_equal(can, [False, True, True, True, True, True, True])
+
+
+def test_scan_add_and_sample_fused():
+    buffer = make_buffer()
+    state = sequential(buffer, batches(2, 6), 2)
+    data = batches(10, 1, key=1, first_step=1000)
+
+    @jax.jit
+    def loop(state, data, key):
+        def body(state, inputs):
+            batch, key = inputs
+            state = buffer.add(state, batch)
+            return state, buffer.sample(state, key).experience["step"]
+
+        return jax.lax.scan(body, state, (data, jr.split(key, 10)))
+
+    state, steps = loop(state, data, jr.key(0))
+    assert steps.shape == (10, 5, LENGTH)
+    # Every sampled window holds consecutive steps of one row.
+    assert bool(jnp.all(jnp.diff(steps, axis=-1) > 0))
+    assert int(state.current_index) == (12 + 10) % CAPACITY
+
+
+def test_pmap_over_fake_devices():
+    assert jax.local_device_count() == 2, "conftest sets two CPU devices"
+    buffer = make_buffer()
+    n = 2
+    data = [batches(n, 5, key=k) for k in range(3)]
+    states = jax.pmap(buffer.init)(jax.tree.map(lambda x: jnp.stack([x] * n), example()))
+    for d in data:
+        states = jax.pmap(buffer.add)(states, d)
+    keys = jr.split(jr.key(0), n)
+    samples = jax.pmap(buffer.sample)(states, keys)
+    for i in range(n):
+        state = buffer.init(example())
+        for d in data:
+            state = buffer.add(state, nth(d, i))
+        assert tree_allclose(to_numpy(nth(states, i)), to_numpy(state))
+        assert tree_allclose(to_numpy(nth(samples, i)), to_numpy(buffer.sample(state, keys[i])))
+
+
+class Agent(eqx.Module):
+    model: eqx.nn.Linear
+    buffer_state: eqx_replay.TrajectoryBufferState
+
+
+def test_state_inside_an_equinox_agent():
+    buffer = make_buffer()
+    agent = Agent(eqx.nn.Linear(2, 1, key=jr.key(0)), buffer.init(example()))
+
+    def loss(model, sample):
+        pred = jax.vmap(jax.vmap(model))(sample.experience["obs"])
+        return jnp.mean(pred**2)
+
+    @eqx.filter_jit
+    def train_step(agent, batch, key):
+        agent = eqx.tree_at(lambda a: a.buffer_state, agent, buffer.add(agent.buffer_state, batch))
+        sample = buffer.sample(agent.buffer_state, key)
+        # Train the model only: the buffer state is not a parameter.
+        params, rest = eqx.partition(agent, eqx.is_inexact_array)
+        params = eqx.tree_at(
+            lambda a: a.buffer_state,
+            params,
+            replace_fn=lambda s: jax.tree.map(lambda _: None, s),
+        )
+        grads = eqx.filter_grad(lambda p: loss(eqx.combine(p, rest).model, sample))(params)
+        model = jax.tree.map(lambda w, g: w - 0.1 * g, agent.model, grads.model)
+        return eqx.tree_at(lambda a: a.model, agent, model), grads
+
+    data = batches(3, 4)
+    for i in range(3):
+        agent, grads = train_step(agent, nth(data, i), jr.key(i))
+    assert all(
+        leaf is None for leaf in jax.tree.leaves(grads.buffer_state, is_leaf=lambda x: x is None)
+    )
+    assert float(jnp.abs(grads.model.weight).sum()) > 0
+    assert int(agent.buffer_state.current_index) == 0 and bool(agent.buffer_state.is_full)
+
+
+def test_add_donates_the_state_but_not_the_batch():
+    buffer = make_buffer()
+    state = buffer.init(example())
+    batch = nth(batches(1, 5), 0)
+    new = buffer.add(state, batch)
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(batch))
+    new = buffer.add(new, batch)  # the seed adds the same batch twice
+    assert int(new.current_index) == 10
+
+
+def test_donate_state_false_keeps_old_states():
+    buffer = make_buffer(donate_state=False)
+    assert buffer == dataclasses.replace(make_buffer(), donate_state=False)
+    state = buffer.init(example())
+    batch = nth(batches(1, 5), 0)
+    new = buffer.add(state, batch)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+    assert int(state.current_index) == 0 and float(jnp.abs(state.experience["obs"]).sum()) == 0
+    assert int(new.current_index) == 5
+
+
+def test_sample_does_not_consume_the_state():
+    buffer = make_buffer()
+    state = sequential(buffer, batches(1, 6), 1)
+    buffer.sample(state, jr.key(0))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+
+
+def test_no_retracing(monkeypatch):
+    # A capacity no other test uses, so the compiled code is not cached yet.
+    buffer = make_buffer(max_length_time_axis=23)
+    traced_add = eqx.debug.assert_max_traces(ring.advance, max_traces=1)
+    traced_sample = eqx.debug.assert_max_traces(ring.num_windows, max_traces=1)
+    monkeypatch.setattr(ring, "advance", traced_add)
+    monkeypatch.setattr(ring, "num_windows", traced_sample)
+    state = buffer.init(example())
+    data = batches(20, 3)
+    for i in range(20):
+        state = buffer.add(state, nth(data, i))
+        if buffer.can_sample(state):
+            buffer.sample(state, jr.key(i))
+    assert eqx.debug.get_num_traces(traced_add) == 1
+    assert eqx.debug.get_num_traces(traced_sample) == 1
+    # A different time length is a different shape: exactly one new trace.
+    with pytest.raises(RuntimeError, match="can only be traced 1 times"):
+        buffer.add(state, nth(batches(1, 2), 0))
