@@ -230,16 +230,18 @@ def _sample_traced(
     shape = (buffer.sample_batch_size,)
     window = jr.randint(window_key, shape, 0, count)
     rows = jr.randint(row_key, shape, 0, buffer.add_batch_size)
+    # The guard sits on the few window indices, not on the gathered windows, so passing the
+    # data through it costs nothing; everything sampled depends on it.
+    window = eqx.error_if(
+        window,
+        ~_can_sample_traced(buffer, state),
+        "`TrajectoryBuffer.sample`: the buffer cannot be sampled yet (`can_sample` is "
+        "false): fewer than `min_length_time_axis` steps per row have been added",
+    )
     starts = _ring.window_start(window, state.current_index, state.is_full, capacity, period)
     experience = jtu.tree_map(
         lambda store: _ring.read(store, rows, starts, buffer.sample_sequence_length),
         state.experience,
-    )
-    experience = eqx.error_if(
-        experience,
-        ~_can_sample_traced(buffer, state),
-        "`TrajectoryBuffer.sample`: the buffer cannot be sampled yet (`can_sample` is "
-        "false): fewer than `min_length_time_axis` steps per row have been added",
     )
     return TrajectoryBufferSample(experience)
 
