@@ -41,12 +41,13 @@ def _clean_runtime_error(error: Exception) -> Exception | None:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def buffer_method(fn: _F, *, donates_state: bool = False) -> _F:
+def buffer_method(fn: _F, name: str, *, donates_state: bool = False) -> _F:
     """Compiles `fn(buffer, state, *args)`.
 
     **Arguments:**
 
     - `fn`: the traced implementation; its jaxtyping annotations are checked while tracing.
+    - `name`: the public name, e.g. `"TrajectoryBuffer.add"`, for error messages.
     - `donates_state`: whether the state's buffers are donated to the result (in-place
       update) when `buffer.donate_state` is true.
     """
@@ -64,6 +65,12 @@ def buffer_method(fn: _F, *, donates_state: bool = False) -> _F:
             if clean is None:
                 raise
             raise clean from None
+        except TypeError as error:
+            # JAX rejects a leaf that is not an array (a string, say) before tracing; its
+            # message names the argument path but not the method.
+            if not str(error).startswith("Error interpreting argument"):
+                raise
+            raise TypeError(f"`{name}`: {error}") from None
         finally:
             _callback_logger.removeFilter(_not_equinox_error)
 

@@ -246,9 +246,9 @@ def _sample_traced(
     return TrajectoryBufferSample(experience)
 
 
-_add = buffer_method(_add_traced, donates_state=True)
-_can_sample = buffer_method(_can_sample_traced)
-_sample = buffer_method(_sample_traced)
+_add = buffer_method(_add_traced, "TrajectoryBuffer.add", donates_state=True)
+_can_sample = buffer_method(_can_sample_traced, "TrajectoryBuffer.can_sample")
+_sample = buffer_method(_sample_traced, "TrajectoryBuffer.sample")
 
 
 def make_trajectory_buffer(

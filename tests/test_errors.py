@@ -272,3 +272,15 @@ def test_numpy_float64_batch_is_stored_as_float32():
     assert state.experience["x"].dtype == jnp.float32
     state = buffer.add(state, {"x": np.ones((6, 2, 3))})
     assert float(state.experience["x"].sum()) == 36.0
+
+
+def test_non_array_leaves_are_named():
+    buffer = seed_buffer()
+    state = buffer.add(buffer.init(seed_example()), seed_batch())
+    # Without jaxtyping's import hook JAX's message comes, prefixed with the method; with the
+    # hook, beartype rejects the annotation `ArrayLike` first. Both name method and argument.
+    with pytest.raises(TypeError, match=r"(?s)TrajectoryBuffer.sample.*rng_key"):
+        buffer.sample(state, "key")  # pyright: ignore[reportArgumentType] # the point of the test
+    with pytest.raises(TypeError, match=r"`TrajectoryBuffer.add`: .*path batch\['reward'\]"):
+        buffer.add(state, {"obs": seed_batch()["obs"], "reward": "a lot"})
+    assert int(buffer.add(state, seed_batch()).current_index) == 20
