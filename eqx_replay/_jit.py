@@ -1,77 +1,99 @@
 """How buffer methods are compiled.
 
-A buffer method takes `(buffer, state, *args)`, where `buffer` is a Module whose fields are
-all static configuration and every other argument is a pytree of arrays. For such a call,
-`jax.jit` with `buffer` as a static argument has exactly the semantics of `eqx.filter_jit`
-(array leaves traced, everything else static), but it is dispatched by JAX's C++ fast path:
-`eqx.filter_jit` flattens and partitions every argument in Python on each call, which costs
-~0.1 ms, more than the whole in-place `add` of a typical batch. It also lets `add` donate the
-state and only the state: the batch a user passes in is never consumed.
+A buffer is a Module whose fields are all static configuration, and every other argument of
+its methods is a pytree of arrays. For such a call, `jax.jit` of the method with the buffer
+bound in has exactly the semantics of `eqx.filter_jit` (array leaves traced, everything else
+static), and it is dispatched by JAX's C++ fast path. Three per-call costs are avoided on
+purpose, as each is a sizeable part of an in-place `add` (~15 us):
+
+- `eqx.filter_jit` flattens and partitions every argument in Python (~0.1 ms);
+- looking up a method on a Module builds an `eqx.BoundMethod` Module (~30 us);
+- a static buffer argument would be hashed and compared through `Module.__getattribute__`,
+  which runs in Python, on every call (~7 us).
+
+So `compiled_method` is a descriptor: the first lookup on a buffer compiles (or reuses, for
+an equal configuration) a `jax.jit` of the method with the buffer bound in, stores it on the
+buffer, and every later `buffer.add` returns it, to be called straight from C++. `jax.jit`
+also lets `add` donate the state and only the state: the batch is never consumed.
 """
 
+import dataclasses
 import functools as ft
-import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Concatenate, Generic, overload, ParamSpec, TypeVar
 
-import equinox as eqx
 import jax
 
 
-# Equinox's `error_if` raises inside a callback; JAX logs that callback's traceback and then
-# raises an opaque runtime error. We silence the log and re-raise the message alone, as
-# `eqx.filter_jit` does.
-_MARKER = "_EquinoxRuntimeError: "
-_callback_logger = logging.getLogger("jax._src.callback")
+_B = TypeVar("_B")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def _not_equinox_error(record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    return type(error).__name__ != _MARKER[:-2]
+class CompiledMethod(Generic[_B, _P, _R]):
+    """A buffer method run under `jax.jit`; see the module docstring. Made by
+    `compiled_method`."""
+
+    def __init__(
+        self,
+        fn: Callable[Concatenate[_B, _P], _R],
+        *,
+        donates_state: bool,
+    ):
+        self._fn = fn
+        self._donates_state = donates_state
+        self._attribute = f"_compiled_{fn.__name__}"
+        # Buffers with equal configurations share one compiled function.
+        self._shared: dict[Hashable, Callable[_P, _R]] = {}
+        ft.update_wrapper(self, fn)
+
+    def _compile(self, buffer: _B) -> Callable[_P, _R]:
+        fields = dataclasses.fields(buffer)  # pyright: ignore[reportArgumentType] # a Module
+        config = (type(buffer), *(getattr(buffer, f.name) for f in fields))
+        compiled = self._shared.get(config)
+        if compiled is None:
+            donate = self._donates_state and getattr(buffer, "donate_state")
+            compiled = jax.jit(ft.partial(self._fn, buffer), donate_argnums=0 if donate else ())
+            self._shared[config] = compiled
+        return compiled
+
+    @overload
+    def __get__(
+        self, instance: None, owner: type | None = None
+    ) -> Callable[Concatenate[_B, _P], _R]: ...
+
+    @overload
+    def __get__(self, instance: _B, owner: type | None = None) -> Callable[_P, _R]: ...
+
+    def __get__(self, instance: _B | None, owner: type | None = None) -> Callable[..., _R]:
+        if instance is None:
+            return self
+        # `object.__getattribute__` skips `Module.__getattribute__`, which runs in Python.
+        cache = object.__getattribute__(instance, "__dict__")
+        try:
+            return cache[self._attribute]
+        except KeyError:
+            compiled = cache[self._attribute] = self._compile(instance)
+            return compiled
+
+    def __call__(self, buffer: _B, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return self.__get__(buffer)(*args, **kwargs)
 
 
-def _clean_runtime_error(error: Exception) -> Exception | None:
-    text = str(error)
-    if _MARKER not in text:
-        return None
-    message = text.split(_MARKER, 1)[1].split("\n\n\n", 1)[0].strip()
-    return eqx.EquinoxRuntimeError(message)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def buffer_method(fn: _F, name: str, *, donates_state: bool = False) -> _F:
-    """Compiles `fn(buffer, state, *args)`.
+def compiled_method(
+    *, donates_state: bool = False
+) -> Callable[[Callable[Concatenate[_B, _P], _R]], CompiledMethod[_B, _P, _R]]:
+    """Decorates a buffer method `fn(self, state, *args)` so that it runs compiled.
 
     **Arguments:**
 
-    - `fn`: the traced implementation; its jaxtyping annotations are checked while tracing.
-    - `name`: the public name, e.g. `"TrajectoryBuffer.add"`, for error messages.
-    - `donates_state`: whether the state's buffers are donated to the result (in-place
-      update) when `buffer.donate_state` is true.
+    - `donates_state`: whether the state's buffers are donated to the result (an in-place
+      update) when the buffer's `donate_state` is true.
+
+    The method's jaxtyping annotations are checked while it is traced, never per call.
     """
-    plain = jax.jit(fn, static_argnums=0)
-    donating = jax.jit(fn, static_argnums=0, donate_argnums=1) if donates_state else plain
 
-    @ft.wraps(fn)
-    def call(buffer: Any, state: Any, *args: Any) -> Any:
-        compiled = donating if buffer.donate_state else plain
-        _callback_logger.addFilter(_not_equinox_error)
-        try:
-            return compiled(buffer, state, *args)
-        except (jax.errors.JaxRuntimeError, ValueError) as error:
-            clean = _clean_runtime_error(error)
-            if clean is None:
-                raise
-            raise clean from None
-        except TypeError as error:
-            # JAX rejects a leaf that is not an array (a string, say) before tracing; its
-            # message names the argument path but not the method.
-            if not str(error).startswith("Error interpreting argument"):
-                raise
-            raise TypeError(f"`{name}`: {error}") from None
-        finally:
-            _callback_logger.removeFilter(_not_equinox_error)
+    def decorator(fn: Callable[Concatenate[_B, _P], _R]) -> CompiledMethod[_B, _P, _R]:
+        return CompiledMethod(fn, donates_state=donates_state)
 
-    return call  # pyright: ignore[reportReturnType] # same signature as `fn`
+    return decorator

@@ -5,8 +5,12 @@ along the time axis at the write head, wrapping around; reads take windows of co
 steps that start on the period grid, counted from the oldest step still stored.
 """
 
+from collections.abc import Callable
+
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Bool, Int, Shaped
 
 
@@ -56,17 +60,53 @@ def write(
 ) -> Shaped[Array, "rows capacity *item"]:
     """Writes `steps` at time indices `(current_index + arange(steps)) % capacity`.
 
-    The write is one `dynamic_update_slice` when it cannot wrap, and otherwise two slice
-    writes: never a scatter, which XLA cannot always perform in place and which is slow on
-    GPU. Requires `1 <= steps <= capacity`.
+    Never a scatter, which XLA cannot always perform in place and which is slow on GPU: a
+    write that does not wrap is one `dynamic_update_slice`, a write that wraps is two.
+    Requires `1 <= steps <= capacity`.
     """
-    capacity, num_steps = storage.shape[1], steps.shape[1]
-    if num_steps == 1:
+    if steps.shape[1] == 1:
         return lax.dynamic_update_slice_in_dim(storage, steps, current_index, axis=1)
-    # `wrapped` steps at the end of `steps` go to the front of the ring. Rolling them to the
-    # front of `steps` lets both pieces be written by slices of static size: the tail slice
-    # `[capacity - num_steps, capacity)` and the head slice `[0, num_steps)`, each masked so
-    # that only the positions that belong to this write change.
+    return _write_steps(storage, steps, current_index)
+
+
+def _run_if(pred: Bool[Array, ""], body: Callable[[Array], Array], x: Array) -> Array:
+    # `body(x)` if `pred` else `x`, as a while loop of at most one iteration: XLA updates a
+    # loop's carry in place, where a `lax.cond` copies its operand on CPU.
+    return lax.while_loop(lambda c: c[0], lambda c: (jnp.array(False), body(c[1])), (pred, x))[1]
+
+
+@custom_vmap
+def _write_steps(storage: Array, steps: Array, current_index: Array) -> Array:
+    capacity, num_steps = storage.shape[1], steps.shape[1]
+    wraps = current_index + num_steps > capacity
+    storage = _run_if(
+        ~wraps,
+        lambda s: lax.dynamic_update_slice_in_dim(s, steps, current_index, axis=1),
+        storage,
+    )
+    return _run_if(wraps, lambda s: _write_wrapping(s, steps, current_index), storage)
+
+
+@_write_steps.def_vmap
+def _write_steps_vmap(
+    axis_size: int, in_batched: list[bool], storage: Array, steps: Array, current_index: Array
+) -> tuple[Array, bool]:
+    # Under `vmap` a loop with a batched predicate would select over the whole storage on
+    # every call; the branch-free write costs only the size of the steps.
+    args = [
+        x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+        for x, batched in zip((storage, steps, current_index), in_batched)
+    ]
+    return jax.vmap(_write_wrapping)(*args), True
+
+
+def _write_wrapping(storage: Array, steps: Array, current_index: Array) -> Array:
+    """`write` for any `current_index`, without control flow: two slice writes, each masked
+    so that only the positions that belong to this write change."""
+    capacity, num_steps = storage.shape[1], steps.shape[1]
+    # The last `wrapped` steps go to the front of the ring. Rolling them to the front of
+    # `steps` lets both pieces be written by slices of static size: the tail slice
+    # `[capacity - num_steps, capacity)` and the head slice `[0, num_steps)`.
     wrapped = jnp.maximum(current_index + num_steps - capacity, 0)
     rolled = jnp.roll(steps, wrapped, axis=1)
     offset = jnp.arange(num_steps).reshape((1, num_steps) + (1,) * (steps.ndim - 2))
@@ -75,6 +115,7 @@ def write(
     storage = lax.dynamic_update_slice_in_dim(
         storage, jnp.where(offset >= wrapped, rolled, old_tail), tail_start, axis=1
     )
+    # Read after the first write: the two slices overlap when `2 * num_steps > capacity`.
     old_head = lax.slice_in_dim(storage, 0, num_steps, axis=1)
     return lax.dynamic_update_slice_in_dim(
         storage, jnp.where(offset < wrapped, rolled, old_head), 0, axis=1

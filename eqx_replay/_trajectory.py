@@ -1,17 +1,20 @@
 """The trajectory buffer: batches of trajectories stored along a circular time axis, sampled
 as windows of consecutive steps on a period grid."""
 
+from typing import cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
-from jaxtyping import Array, ArrayLike, Bool, Int, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key
 from ._config import trajectory_config
-from ._jit import buffer_method
+from ._guard import poison_unless
+from ._jit import compiled_method
+from ._random import below
 
 
 class TrajectoryBufferState(eqx.Module):
@@ -134,6 +137,21 @@ class TrajectoryBuffer(eqx.Module):
             is_full=jnp.array(False),
         )
 
+    def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
+        if not isinstance(state, TrajectoryBufferState):
+            raise TypeError(
+                f"`{where}`: `state` must be a TrajectoryBufferState; got {type(state).__name__}"
+            )
+        expected = (self.add_batch_size, self.max_length_time_axis)
+        for path, leaf in jtu.tree_flatten_with_path(state.experience)[0]:
+            if tuple(leaf.shape[:2]) != expected:
+                raise ValueError(
+                    f"`{where}`: state leaf {jtu.keystr(path)} has shape {tuple(leaf.shape)}; "
+                    f"this buffer stores {expected + ('...',)}: was the state made by another "
+                    "buffer's `init`?"
+                )
+
+    @compiled_method(donates_state=True)
     def add(self, state: TrajectoryBufferState, batch: PyTree) -> TrajectoryBufferState:
         """Appends a batch of trajectory pieces, continuing each row where the last add
         stopped.
@@ -147,21 +165,37 @@ class TrajectoryBuffer(eqx.Module):
 
         **Returns:** the new state.
         """
-        return _add(self, state, batch)
+        where = "TrajectoryBuffer.add"
+        self._check_state(where, state)
+        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        experience = jtu.tree_map(
+            lambda store, new: _ring.write(store, new, state.current_index),
+            state.experience,
+            batch,
+        )
+        current_index, is_full = _ring.advance(
+            state.current_index, state.is_full, steps, self.max_length_time_axis
+        )
+        return TrajectoryBufferState(experience, current_index, is_full)
 
+    @compiled_method()
     def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped)."""
-        return _can_sample(self, state)
+        return self._can_sample(state)
+
+    def _can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
+        return state.is_full | (state.current_index >= self.min_length_time_axis)
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message, also
     # under jaxtyping's import hook.
+    @compiled_method()
     def sample(self, state: TrajectoryBufferState, rng_key: ArrayLike) -> TrajectoryBufferSample:
         """Draws `sample_batch_size` windows, uniformly and with replacement.
 
         The row and the window start are drawn independently. Starts lie on the period grid
         counted from the oldest stored step, and a window never runs past the newest one.
-        Sampling a state for which `can_sample` is false raises an error (see the README)
-        instead of returning zeros.
+        Sampling a state for which `can_sample` is false returns poison instead of zeros:
+        NaN, the largest integer, or True, in every element (see the README).
 
         **Arguments:**
 
@@ -171,84 +205,28 @@ class TrajectoryBuffer(eqx.Module):
         **Returns:** a `TrajectoryBufferSample` with leaves
         `(sample_batch_size, sample_sequence_length, ...)`.
         """
-        return _sample(self, state, rng_key)
-
-
-def _check_state(where: str, buffer: TrajectoryBuffer, state: TrajectoryBufferState):
-    if not isinstance(state, TrajectoryBufferState):
-        raise TypeError(
-            f"`{where}`: `state` must be a TrajectoryBufferState; got {type(state).__name__}"
+        where = "TrajectoryBuffer.sample"
+        self._check_state(where, state)
+        check_key(where, rng_key)
+        capacity, period = self.max_length_time_axis, self.period
+        count = _ring.num_windows(
+            state.current_index,
+            state.is_full,
+            capacity,
+            self.sample_sequence_length,
+            period,
         )
-    expected = (buffer.add_batch_size, buffer.max_length_time_axis)
-    for path, leaf in jtu.tree_flatten_with_path(state.experience)[0]:
-        if tuple(leaf.shape[:2]) != expected:
-            raise ValueError(
-                f"`{where}`: state leaf {jtu.keystr(path)} has shape {tuple(leaf.shape)}; "
-                f"this buffer stores {expected + ('...',)}: was the state made by another "
-                "buffer's `init`?"
-            )
-
-
-def _can_sample_traced(buffer: TrajectoryBuffer, state: TrajectoryBufferState) -> Bool[Array, ""]:
-    return state.is_full | (state.current_index >= buffer.min_length_time_axis)
-
-
-def _add_traced(
-    buffer: TrajectoryBuffer, state: TrajectoryBufferState, batch: PyTree
-) -> TrajectoryBufferState:
-    where = "TrajectoryBuffer.add"
-    _check_state(where, buffer, state)
-    steps = check_batch(where, state.experience, batch, buffer.max_length_time_axis)
-    experience = jtu.tree_map(
-        lambda store, new: _ring.write(store, new, state.current_index),
-        state.experience,
-        batch,
-    )
-    current_index, is_full = _ring.advance(
-        state.current_index, state.is_full, steps, buffer.max_length_time_axis
-    )
-    return TrajectoryBufferState(experience, current_index, is_full)
-
-
-def _sample_traced(
-    buffer: TrajectoryBuffer, state: TrajectoryBufferState, rng_key: ArrayLike
-) -> TrajectoryBufferSample:
-    where = "TrajectoryBuffer.sample"
-    _check_state(where, buffer, state)
-    check_key(where, rng_key)
-    capacity, period = buffer.max_length_time_axis, buffer.period
-    count = _ring.num_windows(
-        state.current_index,
-        state.is_full,
-        capacity,
-        buffer.sample_sequence_length,
-        period,
-    )
-    # Same draws as Flashbax for the same key: window first, then row.
-    rng_key, window_key = jr.split(rng_key)
-    row_key = jr.split(rng_key)[1]
-    shape = (buffer.sample_batch_size,)
-    window = jr.randint(window_key, shape, 0, count)
-    rows = jr.randint(row_key, shape, 0, buffer.add_batch_size)
-    # The guard sits on the few window indices, not on the gathered windows, so passing the
-    # data through it costs nothing; everything sampled depends on it.
-    window = eqx.error_if(
-        window,
-        ~_can_sample_traced(buffer, state),
-        "`TrajectoryBuffer.sample`: the buffer cannot be sampled yet (`can_sample` is "
-        "false): fewer than `min_length_time_axis` steps per row have been added",
-    )
-    starts = _ring.window_start(window, state.current_index, state.is_full, capacity, period)
-    experience = jtu.tree_map(
-        lambda store: _ring.read(store, rows, starts, buffer.sample_sequence_length),
-        state.experience,
-    )
-    return TrajectoryBufferSample(experience)
-
-
-_add = buffer_method(_add_traced, "TrajectoryBuffer.add", donates_state=True)
-_can_sample = buffer_method(_can_sample_traced, "TrajectoryBuffer.can_sample")
-_sample = buffer_method(_sample_traced, "TrajectoryBuffer.sample")
+        key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
+        window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
+        starts = _ring.window_start(window, state.current_index, state.is_full, capacity, period)
+        ok = self._can_sample(state)
+        experience = jtu.tree_map(
+            lambda store: poison_unless(
+                ok, _ring.read(store, rows, starts, self.sample_sequence_length)
+            ),
+            state.experience,
+        )
+        return TrajectoryBufferSample(experience)
 
 
 def make_trajectory_buffer(

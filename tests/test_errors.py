@@ -175,21 +175,43 @@ def test_state_from_another_buffer(filled):
         other.add(state, seed_batch())
 
 
-def test_sampling_before_can_sample_raises_and_state_survives():
+def assert_poisoned(experience):
+    assert bool(jnp.all(jnp.isnan(experience["reward"])))
+    assert bool(jnp.all(experience["obs"] == jnp.iinfo(jnp.int32).max))
+
+
+def test_sampling_before_can_sample_returns_poison_and_state_survives():
     buffer = seed_buffer()
     state = buffer.add(buffer.init(seed_example()), seed_batch())
     assert not buffer.can_sample(state)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="cannot be sampled yet"):
-        buffer.sample(state, jax.random.key(0))
+    assert_poisoned(buffer.sample(state, jax.random.key(0)).experience)
     state = buffer.add(state, seed_batch())
-    assert buffer.sample(state, jax.random.key(0)).experience["reward"].shape == (4, 8)
+    sample = buffer.sample(state, jax.random.key(0)).experience
+    assert bool(jnp.all(sample["reward"] == 1.0)) and bool(
+        jnp.all(sample["obs"] == jnp.array([5, 4]))
+    )
 
 
-def test_sampling_guard_fires_inside_a_users_filter_jit():
+@pytest.mark.parametrize("transform", ["jit", "filter_jit", "vmap", "scan"])
+def test_poison_under_transforms(transform):
     buffer = seed_buffer()
-    state = buffer.init(seed_example())
-    with pytest.raises(eqx.EquinoxRuntimeError, match="cannot be sampled yet"):
-        eqx.filter_jit(buffer.sample)(state, jax.random.key(0))
+    empty = buffer.init(seed_example())
+    ready = buffer.add(buffer.add(buffer.init(seed_example()), seed_batch()), seed_batch())
+    key = jax.random.key(0)
+    if transform == "jit":
+        samples = [jax.jit(buffer.sample)(s, key).experience for s in (empty, ready)]
+    elif transform == "filter_jit":
+        samples = [eqx.filter_jit(buffer.sample)(s, key).experience for s in (empty, ready)]
+    elif transform == "vmap":
+        both = jax.tree.map(lambda a, b: jnp.stack([a, b]), empty, ready)
+        out = jax.vmap(buffer.sample)(both, jax.random.split(key)).experience
+        samples = [jax.tree.map(lambda x: x[i], out) for i in range(2)]
+    else:
+        both = jax.tree.map(lambda a, b: jnp.stack([a, b]), empty, ready)
+        out = jax.lax.scan(lambda c, s: (c, buffer.sample(s, key).experience), None, both)[1]
+        samples = [jax.tree.map(lambda x: x[i], out) for i in range(2)]
+    assert_poisoned(samples[0])
+    assert bool(jnp.all(samples[1]["reward"] == 1.0))
 
 
 CONFIG_ERRORS = [
@@ -277,10 +299,10 @@ def test_numpy_float64_batch_is_stored_as_float32():
 def test_non_array_leaves_are_named():
     buffer = seed_buffer()
     state = buffer.add(buffer.init(seed_example()), seed_batch())
-    # Without jaxtyping's import hook JAX's message comes, prefixed with the method; with the
-    # hook, beartype rejects the annotation `ArrayLike` first. Both name method and argument.
+    # JAX's message names the method and the argument's path; with jaxtyping's import hook,
+    # beartype rejects `rng_key`'s annotation `ArrayLike` first, and names both too.
     with pytest.raises(TypeError, match=r"(?s)TrajectoryBuffer.sample.*rng_key"):
         buffer.sample(state, "key")  # pyright: ignore[reportArgumentType] # the point of the test
-    with pytest.raises(TypeError, match=r"`TrajectoryBuffer.add`: .*path batch\['reward'\]"):
+    with pytest.raises(TypeError, match=r"(?s)TrajectoryBuffer.add.*path batch\['reward'\]"):
         buffer.add(state, {"obs": seed_batch()["obs"], "reward": "a lot"})
     assert int(buffer.add(state, seed_batch()).current_index) == 20

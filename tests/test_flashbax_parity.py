@@ -1,9 +1,12 @@
-"""Element-for-element agreement with Flashbax 0.1.3 on the same adds and the same keys."""
+"""Element-for-element agreement with Flashbax 0.1.3 on the same adds.
+
+Samples are drawn from the same distribution (see `test_semantics.py`) but not from the same
+random bits: `sample` draws all its indices with one `jax.random.bits` call.
+"""
 
 import warnings
 
 import hypothesis.strategies as st
-import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
@@ -25,7 +28,7 @@ def scenarios(draw):
     length = draw(st.integers(1, capacity))
     config = dict(
         add_batch_size=rows,
-        sample_batch_size=draw(st.integers(1, 6)),
+        sample_batch_size=4,
         sample_sequence_length=length,
         period=draw(st.integers(1, 3)),
         min_length_time_axis=draw(st.integers(length, capacity)),
@@ -35,9 +38,9 @@ def scenarios(draw):
     return config, adds
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(scenarios())
-def test_same_states_and_samples_as_flashbax(scenario):
+def test_same_states_as_flashbax(scenario):
     config, adds = scenario
     with quiet():
         ours = eqx_replay.make_trajectory_buffer(**config)
@@ -57,8 +60,3 @@ def test_same_states_and_samples_as_flashbax(scenario):
         assert int(state.current_index) == int(fstate.current_index)
         assert bool(state.is_full) == bool(fstate.is_full)
         assert bool(ours.can_sample(state)) == bool(theirs.can_sample(fstate))
-        if ours.can_sample(state):
-            key = jax.random.PRNGKey(i)
-            sample, fsample = ours.sample(state, key), theirs.sample(fstate, key)
-            for name in example:
-                np.testing.assert_array_equal(sample.experience[name], fsample.experience[name])

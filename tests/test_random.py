@@ -1,0 +1,38 @@
+"""The exact bounded integers behind `sample`."""
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+from hypothesis import given, settings
+
+from eqx_replay._random import below, scale
+
+
+words = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(words, words), min_size=1, max_size=20), words)
+def test_scale_is_the_exact_floor_of_a_64_bit_fraction(pairs, n):
+    high = jnp.array([p[0] for p in pairs], jnp.uint32)
+    low = jnp.array([p[1] for p in pairs], jnp.uint32)
+    got = np.asarray(jax.jit(scale)(high, low, jnp.uint32(n)))
+    expected = [((h << 32) + lo) * n >> 64 for h, lo in pairs]
+    assert got.tolist() == expected
+
+
+def test_below_is_uniform_and_independent():
+    window, row = jax.jit(lambda key: below(key, (60_000,), (jnp.int32(10), 6)))(jax.random.key(3))
+    window, row = np.asarray(window), np.asarray(row)
+    assert window.min() == 0 and window.max() == 9 and row.min() == 0 and row.max() == 5
+    assert scipy.stats.chisquare(np.bincount(window)).pvalue > 1e-4
+    assert scipy.stats.chisquare(np.bincount(row)).pvalue > 1e-4
+    pairs = np.bincount(window * 6 + row, minlength=60)
+    assert scipy.stats.chisquare(pairs).pvalue > 1e-4
+
+
+def test_zero_bound_gives_zeros():
+    (out,) = below(jax.random.key(0), (5,), (jnp.int32(0),))
+    assert out.tolist() == [0] * 5
