@@ -11,6 +11,7 @@ alternative we rejected), and prints a markdown table. Run with
 import argparse
 import statistics
 import time
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -64,7 +65,7 @@ def main():
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
     for samples, length in [(4, 8), (256, 16), (32, 80)]:
         length = min(length, capacity)
-        config = dict(
+        config: dict[str, Any] = dict(
             add_batch_size=16,
             sample_batch_size=samples,
             sample_sequence_length=length,

@@ -1,0 +1,933 @@
+"""Side-by-side benchmark of eqx_replay and Flashbax's trajectory buffer.
+
+Run it from the repository root, in an environment with eqx_replay, Flashbax and matplotlib:
+
+    python benchmarks/compare_flashbax.py           # full run: ~3 minutes, ~7 GB of RAM
+    python benchmarks/compare_flashbax.py --tiny    # every size shrunk: well under a minute
+
+The full run writes `benchmarks/results/compare_flashbax.md` (the table, the machine and the
+versions) and `benchmarks/results/compare_flashbax.png` (eqx_replay / Flashbax time ratio per
+row, log scale). `--tiny` writes `compare_flashbax_tiny.md` and `compare_flashbax_tiny.png`
+instead, so it never overwrites the real results; CI runs it only to keep this script working
+(nothing is asserted about timings). `--out DIR` writes somewhere else.
+
+Method. Both libraries run in one process, on identical configurations and identical input
+arrays. For each row every contender is first warmed up (compiled and run), then a number of
+calls N is chosen per contender so that one timed block lasts about `--block` seconds. Then, in
+each of `--rounds` rounds, every contender runs one timed block of N calls, in alternation
+(order reversed every other round); each block ends with `jax.block_until_ready` on everything
+it produced. The reported time is the median over rounds of (block time / N). With donation the
+state is always rebound, `state = add(state, batch)`, and a donated state is never reused.
+Memory (f) and first-call (g) rows run each library in a fresh subprocess.
+
+Rows (the letters of the issue), observation `f32[64]` plus `reward: f32[]`, `done: bool[]`
+unless said otherwise:
+
+a. add of 16 rows x 1 step at 16K, 160K and 1.6M total steps (`max_size` 16_384, 163_840,
+   1_638_400). eqx_replay is called as `state = buf.add(state, batch)` (its own jit and
+   donation, Python overhead included); Flashbax as the seed uses it, `jax.jit(fb.add)` (no
+   donation, so every call copies the buffer), and donated, `jax.jit(fb.add, donate_argnums=0)`.
+b. add of 16 rows x 128 steps at 160K, against the same two Flashbax variants.
+c. sample of 256 x 16 (period 1) and of 32 x 80 (period 40, R2D2-like) from a full 160K
+   buffer, against `jax.jit(fb.sample)`; a second table gives bytes out / time and how far that
+   is from the machine's copy bandwidth (`np.copyto` of a large array, counting read + write
+   bytes, i.e. 2 x size / time: a gather as fast as a memcpy would sit at 2.0x).
+d. one jitted `lax.scan` of 1,000 x (add 16 x 1 + sample 256 x 16) with the buffer state as
+   carry, the state donated to the jit, for each library: time per whole scan.
+e. Flashbax README's benchmark setting: 500K steps, observation `u8[32, 32, 3]`, sample batch
+   256 of sequence length 1 (period 1), one step per add; with 256 rows per add
+   (`max_size=500_000` gives 1,953 steps per row, 499,968 in all) and, as in the README
+   itself, with 1 row per add (500,000 steps per row).
+f. peak resident memory while filling a >= 2 GB buffer (Atari-like `u8[84, 84, 4]`
+   observations, 16 rows) completely with adds, each library in a fresh process:
+   (peak RSS - RSS after imports and JAX start-up) / buffer bytes. Flashbax uses its donated add.
+g. the first call of add and of sample (tracing + compilation + run) on a fresh buffer, each
+   library in a fresh process (so every cache is cold), median over several processes.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flashbax as fbx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+
+import eqx_replay
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    name: str
+    rows: int  # add_batch_size of rows a-d
+    obs_dim: int  # observation f32[obs_dim] of rows a-d
+    add_capacities: tuple[int, ...]  # row a, total steps
+    capacity: int  # rows b, c, d, g, total steps
+    chunk: int  # row b, steps per add
+    samples: tuple[tuple[int, int, int], ...]  # row c: (batch, length, period)
+    scan_length: int  # row d
+    readme_capacity: int  # row e
+    readme_rows: int  # row e
+    readme_sample: int  # row e
+    memory_bytes: int  # row f, at least this many buffer bytes
+    memory_chunk: int  # row f, steps per add
+    rounds: int
+    block: float  # seconds per timed block
+    copy_bytes: int  # bandwidth measurement
+    compile_repeats: int  # row g, processes per library
+
+
+FULL = Scale(
+    name="full",
+    rows=16,
+    obs_dim=64,
+    add_capacities=(16_384, 163_840, 1_638_400),
+    capacity=163_840,
+    chunk=128,
+    samples=((256, 16, 1), (32, 80, 40)),
+    scan_length=1_000,
+    readme_capacity=500_000,
+    readme_rows=256,
+    readme_sample=256,
+    memory_bytes=2_100_000_000,
+    memory_chunk=32,
+    rounds=15,
+    block=0.3,
+    copy_bytes=256 * 2**20,
+    compile_repeats=3,
+)
+
+TINY = Scale(
+    name="tiny",
+    rows=16,
+    obs_dim=64,
+    add_capacities=(256, 512, 1_024),
+    capacity=2_048,
+    chunk=8,
+    samples=((32, 4, 1), (8, 16, 8)),
+    scan_length=20,
+    readme_capacity=1_024,
+    readme_rows=16,
+    readme_sample=32,
+    memory_bytes=4_000_000,
+    memory_chunk=4,
+    rounds=2,
+    block=0.002,
+    copy_bytes=8 * 2**20,
+    compile_repeats=1,
+)
+
+MEMORY_OBS = (84, 84, 4)  # row f, uint8
+README_OBS = (32, 32, 3)  # row e, uint8
+FILL_CHUNK_BYTES = 64 * 2**20  # largest batch used to fill a buffer
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def example_step(obs_shape: tuple[int, ...], obs_dtype: Any) -> dict[str, jax.Array]:
+    return {
+        "obs": jnp.zeros(obs_shape, obs_dtype),
+        "reward": jnp.zeros((), jnp.float32),
+        "done": jnp.zeros((), jnp.bool_),
+    }
+
+
+def step_bytes(example: Any) -> int:
+    return sum(leaf.nbytes for leaf in jtu.tree_leaves(example))
+
+
+def tree_bytes(tree: Any) -> int:
+    return sum(leaf.nbytes for leaf in jtu.tree_leaves(tree))
+
+
+def random_batch(example: Any, rows: int, steps: int, seed: int = 0) -> Any:
+    """A batch `(rows, steps, ...)` of random data in the example's dtypes, on device."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(x: jax.Array) -> jax.Array:
+        shape = (rows, steps) + x.shape
+        if x.dtype == jnp.bool_:
+            value = rng.random(shape) < 0.1
+        elif jnp.issubdtype(x.dtype, jnp.integer):
+            value = rng.integers(0, 256, shape).astype(x.dtype)
+        else:
+            value = rng.standard_normal(shape).astype(x.dtype)
+        return jnp.asarray(value)
+
+    return jax.block_until_ready(jtu.tree_map(leaf, example))
+
+
+def fill_chunk(rows: int, time_axis: int, per_step: int) -> int:
+    """The largest divisor of `time_axis` whose batch fits in `FILL_CHUNK_BYTES`."""
+    best = 1
+    for steps in range(1, time_axis + 1):
+        if rows * steps * per_step > FILL_CHUNK_BYTES:
+            break
+        if time_axis % steps == 0:
+            best = steps
+    return best
+
+
+def fill(add: Callable, state: Any, example: Any, rows: int, time_axis: int) -> Any:
+    """Fills every step of a fresh state with adds (`add` must donate or not: it is rebound)."""
+    steps = fill_chunk(rows, time_axis, step_bytes(example))
+    batch = random_batch(example, rows, steps, seed=1)
+    for _ in range(time_axis // steps):
+        state = add(state, batch)
+    state = jax.block_until_ready(state)
+    assert bool(state.is_full), "the buffer should be full"
+    return state
+
+
+def looked_up(buffer: Any, method: str) -> Callable:
+    """`buffer.method(...)` with the attribute looked up on every call, as users write it, so
+    that the timing includes that per-call overhead."""
+    return lambda *args: getattr(buffer, method)(*args)
+
+
+def buffers(**kwargs: Any) -> tuple[eqx_replay.TrajectoryBuffer, Any]:
+    """The same configuration for both libraries."""
+    return eqx_replay.make_trajectory_buffer(**kwargs), fbx.make_trajectory_buffer(**kwargs)
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+class AddRunner:
+    """Runs `n` adds from its own state; the state is rebound after every call."""
+
+    def __init__(self, add: Callable, state: Any, batch: Any):
+        self.add, self.state, self.batch = add, state, batch
+        self.n_cap = 100_000
+
+    def __call__(self, n: int) -> float:
+        state, self.state = self.state, None  # hold no reference to a donated state
+        add, batch = self.add, self.batch
+        start = time.perf_counter()
+        for _ in range(n):
+            state = add(state, batch)
+        jax.block_until_ready(state)
+        elapsed = time.perf_counter() - start
+        self.state = state
+        return elapsed
+
+
+class SampleRunner:
+    """Runs `n` samples from a fixed state with `n` different keys, keeping only the latest
+    output alive, as a training loop does (holding hundreds of outputs would time the
+    kernel's page faults for fresh memory, not the sample); blocks on the last one."""
+
+    def __init__(self, sample: Callable, state: Any, keys: list[jax.Array], out_bytes: int):
+        self.sample, self.state, self.keys = sample, state, keys
+        self.n_cap = len(keys)
+
+    def __call__(self, n: int) -> float:
+        sample, state, keys = self.sample, self.state, self.keys[:n]
+        start = time.perf_counter()
+        out = None
+        for key in keys:
+            out = sample(state, key)
+        jax.block_until_ready(out)
+        return time.perf_counter() - start
+
+
+class ScanRunner:
+    """Runs `n` whole training-style scans; the state is the donated carry."""
+
+    def __init__(self, loop: Callable, state: Any, key: jax.Array, batch: Any):
+        self.loop, self.state, self.key, self.batch = loop, state, key, batch
+        self.n_cap = 100
+
+    def __call__(self, n: int) -> float:
+        state, self.state = self.state, None
+        key, batch = self.key, self.batch
+        start = time.perf_counter()
+        for _ in range(n):
+            state, key, total = self.loop(state, key, batch)
+        jax.block_until_ready((state, key, total))  # pyright: ignore[reportPossiblyUnbound]
+        elapsed = time.perf_counter() - start
+        self.state, self.key = state, key
+        return elapsed
+
+
+def calls_per_block(run: Callable[[int], float], block: float, n_cap: int) -> int:
+    run(1)  # warm-up: compilation and the first call
+    n = 1
+    while True:
+        elapsed = max(run(n), 1e-9)
+        if elapsed >= block / 10 or n >= n_cap:
+            break
+        n = min(n * 10, n_cap)
+    return max(1, min(n_cap, round(block * n / elapsed)))
+
+
+def measure(runners: dict[str, Any], scale: Scale) -> dict[str, float]:
+    """Median seconds per call of each runner, timed in alternation."""
+    calls = {name: calls_per_block(r, scale.block, r.n_cap) for name, r in runners.items()}
+    per_call: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for i in range(scale.rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            per_call[name].append(runners[name](calls[name]) / calls[name])
+    return {name: statistics.median(times) for name, times in per_call.items()}
+
+
+def copy_bandwidth(nbytes: int, repeats: int = 9) -> float:
+    """Memory-copy bandwidth in bytes/s, counting read + write: 2 x size / time."""
+    src = np.full(nbytes // 8, 1.0)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # touch every page
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclasses.dataclass
+class Row:
+    label: str
+    eqx: float
+    fbx: float
+    kind: str = "time"  # "time": seconds; "factor": a dimensionless factor
+
+    @property
+    def ratio(self) -> float:
+        return self.eqx / self.fbx
+
+    def cell(self, value: float) -> str:
+        return fmt_time(value) if self.kind == "time" else f"{value:.3f}×"
+
+
+@dataclasses.dataclass
+class Results:
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    bandwidth: float = math.nan
+    sample_rows: list[tuple[str, str, int, float]] = dataclasses.field(default_factory=list)
+    memory: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    compile: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        log(
+            f"  {row.label}: eqx_replay {row.cell(row.eqx)}, flashbax {row.cell(row.fbx)}, "
+            f"ratio {row.ratio:.3f}"
+        )
+
+
+def record_sample(results: Results, label: str, times: dict[str, float], out_bytes: int):
+    results.add(Row(label, times["eqx"], times["fbx"]))
+    for name, library in (("eqx", "eqx_replay"), ("fbx", "flashbax")):
+        results.sample_rows.append((label, library, out_bytes, times[name]))
+
+
+# --------------------------------------------------------------------------------------------
+# Rows a-e, in this process
+
+
+def bench_add(results: Results, scale: Scale) -> None:
+    example = example_step((scale.obs_dim,), jnp.float32)
+    batch, length, period = scale.samples[0]
+    for capacity in scale.add_capacities:
+        log(f"[a] add {scale.rows}×1 at {capacity:,} steps")
+        eqx_buf, fbx_buf = buffers(
+            add_batch_size=scale.rows,
+            sample_batch_size=batch,
+            sample_sequence_length=length,
+            period=period,
+            min_length_time_axis=length,
+            max_size=capacity,
+        )
+        steps = random_batch(example, scale.rows, 1)
+        runners = {
+            "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_buf.init(example), steps),
+            "fbx": AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps),
+            "fbx_donated": AddRunner(
+                jax.jit(fbx_buf.add, donate_argnums=0), fbx_buf.init(example), steps
+            ),
+        }
+        times = measure(runners, scale)
+        del runners
+        label = f"a. add {scale.rows}×1 @ {capacity:,}"
+        results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
+        results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
+
+
+def bench_add_chunk(results: Results, scale: Scale) -> None:
+    log(f"[b] add {scale.rows}×{scale.chunk} at {scale.capacity:,} steps")
+    example = example_step((scale.obs_dim,), jnp.float32)
+    batch, length, period = scale.samples[0]
+    eqx_buf, fbx_buf = buffers(
+        add_batch_size=scale.rows,
+        sample_batch_size=batch,
+        sample_sequence_length=length,
+        period=period,
+        min_length_time_axis=length,
+        max_size=scale.capacity,
+    )
+    steps = random_batch(example, scale.rows, scale.chunk)
+    runners = {
+        "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_buf.init(example), steps),
+        "fbx": AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps),
+        "fbx_donated": AddRunner(
+            jax.jit(fbx_buf.add, donate_argnums=0), fbx_buf.init(example), steps
+        ),
+    }
+    times = measure(runners, scale)
+    del runners
+    label = f"b. add {scale.rows}×{scale.chunk} @ {scale.capacity:,}"
+    results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
+    results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
+
+
+def sample_runners(
+    eqx_sample: Callable, eqx_state: Any, fbx_sample: Callable, fbx_state: Any, seed: int
+) -> tuple[dict[str, SampleRunner], int]:
+    keys = list(jr.split(jr.PRNGKey(seed), 1_000))
+    out = eqx_sample(eqx_state, keys[0])
+    out_bytes = tree_bytes(out.experience)
+    fbx_out = fbx_sample(fbx_state, keys[0])
+    assert tree_bytes(fbx_out.experience) == out_bytes
+    runners = {
+        "eqx": SampleRunner(eqx_sample, eqx_state, keys, out_bytes),
+        "fbx": SampleRunner(fbx_sample, fbx_state, keys, out_bytes),
+    }
+    return runners, out_bytes
+
+
+def bench_sample_and_scan(results: Results, scale: Scale) -> None:
+    example = example_step((scale.obs_dim,), jnp.float32)
+    time_axis = scale.capacity // scale.rows
+    configs = [
+        buffers(
+            add_batch_size=scale.rows,
+            sample_batch_size=batch,
+            sample_sequence_length=length,
+            period=period,
+            min_length_time_axis=length,
+            max_size=scale.capacity,
+        )
+        for batch, length, period in scale.samples
+    ]
+    # One full state per library; every configuration stores `(rows, time_axis, ...)`, so the
+    # sampling configurations share it.
+    eqx_buf, fbx_buf = configs[0]
+    log(f"[c] filling {scale.capacity:,} steps")
+    eqx_state = fill(eqx_buf.add, eqx_buf.init(example), example, scale.rows, time_axis)
+    fbx_add = jax.jit(fbx_buf.add, donate_argnums=0)
+    fbx_state = fill(fbx_add, fbx_buf.init(example), example, scale.rows, time_axis)
+
+    for (batch, length, period), (eqx_buf, fbx_buf) in zip(scale.samples, configs):
+        log(f"[c] sample {batch}×{length} (period {period}) at {scale.capacity:,} steps")
+        runners, out_bytes = sample_runners(
+            looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=batch
+        )
+        times = measure(runners, scale)
+        del runners
+        label = f"c. sample {batch}×{length} @ {scale.capacity:,}"
+        record_sample(results, label, times, out_bytes)
+
+    # d: the fused loop, from the full states (consumed: the jit donates them).
+    eqx_buf, fbx_buf = configs[0]
+    batch, length, _ = scale.samples[0]
+    log(f"[d] scan of {scale.scan_length:,} × (add {scale.rows}×1 + sample {batch}×{length})")
+
+    def make_loop(add: Callable, sample: Callable) -> Callable:
+        def loop(state, key, steps):
+            def body(carry, _):
+                state, key = carry
+                key, sample_key = jr.split(key)
+                state = add(state, steps)
+                out = sample(state, sample_key).experience
+                total = sum(jnp.sum(x.astype(jnp.float32)) for x in jtu.tree_leaves(out))
+                return (state, key), total
+
+            (state, key), totals = lax.scan(body, (state, key), length=scale.scan_length)
+            return state, key, jnp.sum(totals)
+
+        return jax.jit(loop, donate_argnums=0)
+
+    steps = random_batch(example, scale.rows, 1, seed=2)
+    runners = {
+        "eqx": ScanRunner(make_loop(eqx_buf.add, eqx_buf.sample), eqx_state, jr.PRNGKey(3), steps),
+        "fbx": ScanRunner(make_loop(fbx_buf.add, fbx_buf.sample), fbx_state, jr.PRNGKey(3), steps),
+    }
+    del eqx_state, fbx_state
+    times = measure(runners, scale)
+    del runners
+    label = (
+        f"d. scan {scale.scan_length:,}×(add {scale.rows}×1 + sample {batch}×{length}) "
+        f"@ {scale.capacity:,}, per scan"
+    )
+    results.add(Row(label, times["eqx"], times["fbx"]))
+
+
+def bench_readme(results: Results, scale: Scale, rows: int, with_copying: bool) -> None:
+    """Flashbax README's setting: `u8[32, 32, 3]` observations, sample batch x 1 step."""
+    example = example_step(README_OBS, jnp.uint8)
+    capacity = scale.readme_capacity
+    eqx_buf, fbx_buf = buffers(
+        add_batch_size=rows,
+        sample_batch_size=scale.readme_sample,
+        sample_sequence_length=1,
+        period=1,
+        min_length_time_axis=1,
+        max_size=capacity,
+    )
+    time_axis = capacity // rows
+    stored = rows * time_axis
+    log(f"[e] README setting, {rows} rows × {time_axis:,} steps ({stored:,} steps)")
+    eqx_state = fill(eqx_buf.add, eqx_buf.init(example), example, rows, time_axis)
+    fbx_add = jax.jit(fbx_buf.add, donate_argnums=0)
+    fbx_state = fill(fbx_add, fbx_buf.init(example), example, rows, time_axis)
+    log(f"    each buffer holds {fmt_bytes(tree_bytes(eqx_state.experience))}")
+
+    steps = random_batch(example, rows, 1, seed=4)
+    runners = {
+        "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_state, steps),
+        "fbx_donated": AddRunner(fbx_add, fbx_state, steps),
+    }
+    if with_copying:
+        runners["fbx"] = AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps)
+    del eqx_state, fbx_state
+    times = measure(runners, scale)
+    label = f"e. README add {rows}×1 @ {stored:,} u8[32,32,3]"
+    if with_copying:
+        results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
+    results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
+    # Still full: adds only overwrite the oldest steps.
+    eqx_state, fbx_state = runners["eqx"].state, runners["fbx_donated"].state
+    del runners
+
+    batch = scale.readme_sample
+    log(f"[e] README setting, sample {batch}×1")
+    sampling, out_bytes = sample_runners(
+        looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=5
+    )
+    times = measure(sampling, scale)
+    del sampling, eqx_state, fbx_state
+    label = f"e. README sample {batch}×1 @ {stored:,} ({rows} row{'s' * (rows > 1)})"
+    record_sample(results, label, times, out_bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows f and g, each library in a fresh process
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of this process, in bytes."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (Linux >= 4.0); false where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def library_fns(lib: str, **kwargs: Any) -> tuple[Callable, Callable, Callable]:
+    """`init`, `add`, `sample` as a user calls them: eqx_replay's methods; Flashbax's
+    `init`, donated `jax.jit(add)` and `jax.jit(sample)`."""
+    if lib == "eqx":
+        buf = eqx_replay.make_trajectory_buffer(**kwargs)
+        return buf.init, buf.add, buf.sample
+    buf = fbx.make_trajectory_buffer(**kwargs)
+    return buf.init, jax.jit(buf.add, donate_argnums=0), jax.jit(buf.sample)
+
+
+def worker_memory(lib: str, scale: Scale) -> dict[str, Any]:
+    jax.block_until_ready(jnp.zeros(()) + 1)  # start JAX
+    rows, chunk = 16, scale.memory_chunk
+    example = example_step(MEMORY_OBS, jnp.uint8)
+    time_axis = math.ceil(scale.memory_bytes / (rows * step_bytes(example) * chunk)) * chunk
+    init, add, _ = library_fns(
+        lib,
+        add_batch_size=rows,
+        sample_batch_size=32,
+        sample_sequence_length=1,
+        period=1,
+        min_length_time_axis=1,
+        max_length_time_axis=time_axis,
+    )
+    steps = random_batch(example, rows, chunk)  # part of the baseline
+    baseline = proc_status()["VmRSS"]
+    reset = reset_peak_rss()
+    state = jax.block_until_ready(init(example))
+    after_init = proc_status()["VmHWM"]
+    for _ in range(time_axis // chunk):
+        state = add(state, steps)
+    state = jax.block_until_ready(state)
+    assert bool(state.is_full)
+    status = proc_status()
+    return {
+        "buffer_bytes": tree_bytes(state.experience),
+        "baseline": baseline,
+        "peak_init": after_init,
+        "peak": status["VmHWM"],
+        "final": status["VmRSS"],
+        "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_was_reset": reset,
+        "time_axis": time_axis,
+    }
+
+
+def worker_compile(lib: str, scale: Scale) -> dict[str, Any]:
+    jax.block_until_ready(jnp.zeros(()) + 1)  # start JAX
+    example = example_step((scale.obs_dim,), jnp.float32)
+    batch, length, period = scale.samples[0]
+    init, add, sample = library_fns(
+        lib,
+        add_batch_size=scale.rows,
+        sample_batch_size=batch,
+        sample_sequence_length=length,
+        period=period,
+        min_length_time_axis=length,
+        max_size=scale.capacity,
+    )
+    steps = random_batch(example, scale.rows, 1)
+    key = jax.block_until_ready(jr.PRNGKey(0))
+    timings = {}
+
+    start = time.perf_counter()
+    state = jax.block_until_ready(init(example))
+    timings["init"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    state = jax.block_until_ready(add(state, steps))
+    timings["add_first"] = time.perf_counter() - start
+    for _ in range(length):
+        state = add(state, steps)
+    state = jax.block_until_ready(state)
+    start = time.perf_counter()
+    state = jax.block_until_ready(add(state, steps))
+    timings["add_warm"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    jax.block_until_ready(sample(state, key))
+    timings["sample_first"] = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(sample(state, key))
+    timings["sample_warm"] = time.perf_counter() - start
+    return timings
+
+
+def run_worker(task: str, lib: str, scale: Scale) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", task, lib]
+    if scale.name == "tiny":
+        command.append("--tiny")
+    env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"worker {task} {lib} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def bench_subprocesses(results: Results, scale: Scale) -> None:
+    log(f"[f] peak memory filling a ≥ {fmt_bytes(scale.memory_bytes)} buffer, fresh processes")
+    for lib in ("eqx", "fbx"):
+        results.memory[lib] = run_worker("memory", lib, scale)
+    factor = {
+        lib: (m["peak"] - m["baseline"]) / m["buffer_bytes"] for lib, m in results.memory.items()
+    }
+    size = fmt_bytes(results.memory["eqx"]["buffer_bytes"])
+    label = f"f. peak RSS filling {size}: (peak − baseline) / buffer"
+    results.add(Row(label, factor["eqx"], factor["fbx"], kind="factor"))
+
+    log(f"[g] first calls, {scale.compile_repeats} fresh process(es) per library")
+    runs: dict[str, list[dict[str, float]]] = {"eqx": [], "fbx": []}
+    for _ in range(scale.compile_repeats):
+        for lib in ("eqx", "fbx"):
+            runs[lib].append(run_worker("compile", lib, scale))
+    for lib, timings in runs.items():
+        results.compile[lib] = {
+            name: statistics.median(t[name] for t in timings) for name in timings[0]
+        }
+    eqx_c, fbx_c = results.compile["eqx"], results.compile["fbx"]
+    batch, length, _ = scale.samples[0]
+    where = f"@ {scale.capacity:,}, first call"
+    results.add(Row(f"g. add {scale.rows}×1 {where}", eqx_c["add_first"], fbx_c["add_first"]))
+    results.add(
+        Row(f"g. sample {batch}×{length} {where}", eqx_c["sample_first"], fbx_c["sample_first"])
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            total = int(f.readline().split()[1]) * 1024
+        memory = f", {total / 2**30:.1f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = f"{os.cpu_count()} cores" + (f" ({usable} usable)" if usable else "")
+    devices = ", ".join(str(d) for d in jax.devices())
+    return f"{model}, {cores}{memory}; {platform.system()} {platform.release()}; {devices}"
+
+
+def versions() -> str:
+    names = ("jax", "jaxlib", "equinox", "flashbax", "eqx_replay", "numpy")
+    parts = [f"Python {platform.python_version()}"]
+    for name in names:
+        try:
+            parts.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{name} ?")
+    return ", ".join(parts)
+
+
+def markdown(results: Results, scale: Scale, command: str, header: tuple[str, str]) -> str:
+    machine_line, versions_line = header
+    lines = [
+        "# eqx_replay vs Flashbax: trajectory buffer",
+        "",
+        f"Command: `{command}` ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"- Machine: {machine_line}",
+        f"- Versions: {versions_line}",
+        f"- Timing: median over {scale.rounds} rounds of per-call time; each round times one "
+        f"block of N calls (~{scale.block * 1e3:g} ms) per contender, in alternation, after "
+        "warm-up. Ratio = eqx_replay / Flashbax: below 1 means eqx_replay is faster (or, "
+        "for f, uses less memory).",
+        "- Flashbax: `jit` = `jax.jit(fb.add)` as the seed uses it (copies the buffer every "
+        "call); `jit+donate` = `jax.jit(fb.add, donate_argnums=0)`; sample = "
+        "`jax.jit(fb.sample)`. eqx_replay: `state = buf.add(state, batch)`, `buf.sample` "
+        "(their own jit; add donates the state).",
+        "",
+        "| row | eqx_replay | flashbax | ratio (eqx/fbx) |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in results.rows:
+        lines.append(
+            f"| {row.label} | {row.cell(row.eqx)} | {row.cell(row.fbx)} | {fmt_ratio(row.ratio)} |"
+        )
+
+    bandwidth = results.bandwidth
+    lines += [
+        "",
+        "## Sampling against memory bandwidth",
+        "",
+        f"Copy bandwidth (`np.copyto` of {fmt_bytes(scale.copy_bytes)}, one thread, "
+        f"read + write bytes, median of 9): **{bandwidth / 1e9:.2f} GB/s**. Achieved = bytes "
+        "out / time; a gather as fast as a memcpy would sit at 2.0× (it reads and writes "
+        "every byte out).",
+        "",
+        "| row | library | bytes out | time | achieved | bandwidth / achieved |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, library, out_bytes, seconds in results.sample_rows:
+        achieved = out_bytes / seconds
+        lines.append(
+            f"| {label} | {library} | {fmt_bytes(out_bytes)} | {fmt_time(seconds)} | "
+            f"{achieved / 1e9:.2f} GB/s | {bandwidth / achieved:.1f}× |"
+        )
+
+    lines += [
+        "",
+        "## Peak memory while filling (row f)",
+        "",
+        "Each library in a fresh process: 16 rows of `u8[84, 84, 4]` observations (+ reward, "
+        "done), filled completely by adds of "
+        f"{scale.memory_chunk} steps; Flashbax with its donated add. Baseline = RSS after "
+        "imports, JAX start-up and making the batch; peak = VmHWM (reset at the baseline "
+        "where the kernel allows).",
+        "",
+        "| library | buffer | baseline RSS | peak after init | peak after fill | "
+        "(init peak − baseline) / buffer | (peak − baseline) / buffer |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lib, library in (("eqx", "eqx_replay"), ("fbx", "flashbax")):
+        m = results.memory[lib]
+        size, base = m["buffer_bytes"], m["baseline"]
+        lines.append(
+            f"| {library} | {fmt_bytes(size)} | {fmt_bytes(base)} | "
+            f"{fmt_bytes(m['peak_init'])} | {fmt_bytes(m['peak'])} | "
+            f"{(m['peak_init'] - base) / size:.3f}× | {(m['peak'] - base) / size:.3f}× |"
+        )
+
+    batch, length, _ = scale.samples[0]
+    lines += [
+        "",
+        "## First calls (row g)",
+        "",
+        f"Fresh process per run, median of {scale.compile_repeats}; buffer of "
+        f"{scale.capacity:,} steps ({scale.rows} rows, `f32[{scale.obs_dim}]` observations), "
+        f"add {scale.rows}×1, sample {batch}×{length}. First = tracing + compilation + run; "
+        "warm = the next call.",
+        "",
+        "| library | init | first add | warm add | first sample | warm sample |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for lib, library in (("eqx", "eqx_replay"), ("fbx", "flashbax")):
+        c = results.compile[lib]
+        cells = " | ".join(
+            fmt_time(c[name])
+            for name in ("init", "add_first", "add_warm", "sample_first", "sample_warm")
+        )
+        lines.append(f"| {library} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Results, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results.rows[::-1]
+    ratios = [row.ratio for row in rows]
+    fig, ax = plt.subplots(figsize=(11, 0.38 * len(rows) + 1.6))
+    colors = ["tab:green" if r <= 1 else "tab:red" for r in ratios]
+    ax.barh(range(len(rows)), [r - 1 for r in ratios], left=1, color=colors)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(rows)), [row.label for row in rows], fontsize=8)
+    for i, ratio in enumerate(ratios):
+        side = "left" if ratio >= 1 else "right"
+        ax.text(ratio, i, f" {fmt_ratio(ratio)} ", va="center", ha=side, fontsize=7)
+    low, high = min(ratios + [1.0]), max(ratios + [1.0])
+    ax.set_xlim(low / 3, high * 3)
+    ax.set_xlabel("eqx_replay / Flashbax (log scale; < 1: eqx_replay faster / smaller)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="shrink every size (for CI)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--rounds", type=int, help="timed rounds per row")
+    parser.add_argument("--block", type=float, help="seconds per timed block")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    warnings.simplefilter("ignore")  # Flashbax warns about `max_size` on every buffer
+    scale = TINY if args.tiny else FULL
+    if args.rounds is not None:
+        scale = dataclasses.replace(scale, rounds=args.rounds)
+    if args.block is not None:
+        scale = dataclasses.replace(scale, block=args.block)
+
+    if args.worker:
+        task, lib = args.worker
+        worker = {"memory": worker_memory, "compile": worker_compile}[task]
+        print("RESULT " + json.dumps(worker(lib, scale)), flush=True)
+        return
+
+    started = time.perf_counter()
+    command = "python benchmarks/compare_flashbax.py" + (" --tiny" if args.tiny else "")
+    header = (machine(), versions())
+    print(f"Machine: {header[0]}\nVersions: {header[1]}\nScale: {scale.name}", flush=True)
+
+    results = Results()
+    bench_subprocesses(results, scale)  # first, while this process holds no big buffers
+    log("[c] copy bandwidth")
+    results.bandwidth = copy_bandwidth(scale.copy_bytes)
+    log(f"    {results.bandwidth / 1e9:.2f} GB/s (read + write)")
+    bench_add(results, scale)
+    bench_add_chunk(results, scale)
+    bench_sample_and_scan(results, scale)
+    bench_readme(results, scale, rows=scale.readme_rows, with_copying=True)
+    bench_readme(results, scale, rows=1, with_copying=False)
+
+    results.rows.sort(key=lambda row: row.label[0])  # by the issue's letters, a to g
+    elapsed = time.perf_counter() - started
+    text = markdown(results, scale, command, header)
+    text += f"\nTotal wall time of the run: {elapsed:.0f} s.\n"
+    print()
+    print(text, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_flashbax" + ("_tiny" if args.tiny else "")
+    (args.out / f"{stem}.md").write_text(text)
+    plot(results, args.out / f"{stem}.png", f"eqx_replay / Flashbax — {header[0]}")
+    print(f"Wrote {args.out / stem}.md and .png", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The benchmark scripts still run (at tiny sizes; nothing about timing is asserted)."""
+
+import pathlib
+import subprocess
+import sys
+
+
+BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+
+
+def run(script, *args):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--tiny", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_compare_flashbax_tiny(tmp_path):
+    run("compare_flashbax.py", "--out", str(tmp_path))
+    table = (tmp_path / "compare_flashbax_tiny.md").read_text()
+    for row in ["a. add", "b. add", "c. sample", "d. scan", "e. README", "f. peak RSS", "g. add"]:
+        assert row in table
+    assert (tmp_path / "compare_flashbax_tiny.png").stat().st_size > 0
+
+
+def test_sample_guard_cost_tiny():
+    table = run("sample_guard_cost.py")
+    assert "poison (shipped)" in table and "eqx.error_if" in table
