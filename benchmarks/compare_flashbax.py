@@ -15,10 +15,11 @@ Method. Both libraries run in one process, on identical configurations and ident
 arrays. For each row every contender is first warmed up (compiled and run), then a number of
 calls N is chosen per contender so that one timed block lasts about `--block` seconds. Then, in
 each of `--rounds` rounds, every contender runs one timed block of N calls, in alternation
-(order reversed every other round); each block ends with `jax.block_until_ready` on everything
-it produced. The reported time is the median over rounds of (block time / N). With donation the
-state is always rebound, `state = add(state, batch)`, and a donated state is never reused.
-Memory (f) and first-call (g) rows run each library in a fresh subprocess.
+(order reversed every other round); each block ends with `jax.block_until_ready` on what it
+produced (a sample block keeps only its latest output alive, as a training loop does). The
+reported time is the median over rounds of (block time / N). With donation the state is always
+rebound, `state = add(state, batch)`, and a donated state is never reused. Memory (f) and
+first-call (g) rows run each library in a fresh subprocess.
 
 Rows (the letters of the issue), observation `f32[64]` plus `reward: f32[]`, `done: bool[]`
 unless said otherwise:
