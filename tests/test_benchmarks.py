@@ -30,3 +30,8 @@ def test_compare_flashbax_tiny(tmp_path):
 def test_sample_guard_cost_tiny():
     table = run("sample_guard_cost.py")
     assert "poison (shipped)" in table and "eqx.error_if" in table
+
+
+def test_sample_profile_tiny():
+    table = run("sample_profile.py")
+    assert "gather alone" in table and "| 32 x 80 |" in table
