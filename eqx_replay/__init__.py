@@ -2,6 +2,14 @@
 
 import importlib.metadata
 
+from ._prioritised import (
+    importance_weights as importance_weights,
+    make_prioritised_trajectory_buffer as make_prioritised_trajectory_buffer,
+    PrioritisedTrajectoryBuffer as PrioritisedTrajectoryBuffer,
+    PrioritisedTrajectoryBufferSample as PrioritisedTrajectoryBufferSample,
+    PrioritisedTrajectoryBufferState as PrioritisedTrajectoryBufferState,
+)
+from ._sum_tree import SumTree as SumTree
 from ._trajectory import (
     make_trajectory_buffer as make_trajectory_buffer,
     TrajectoryBuffer as TrajectoryBuffer,

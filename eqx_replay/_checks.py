@@ -107,15 +107,55 @@ def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: in
 
 def check_key(where: str, key: Any) -> None:
     """A key is a typed key of shape `()` (`jax.random.key`) or a raw `uint32[2]`
-    (`jax.random.PRNGKey`)."""
+    (`jax.random.PRNGKey`; `uint32[4]` under `jax_default_prng_impl="rbg"`)."""
     dtype = getattr(key, "dtype", None)
     shape = tuple(getattr(key, "shape", ()))
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
         return
-    if dtype == jnp.uint32 and shape == (2,):
+    if dtype == jnp.uint32 and shape in ((2,), (4,)):
         return
     got = f"{dtype}{list(shape)}" if dtype is not None else type(key).__name__
     raise TypeError(
         f"`{where}`: `rng_key` must be a single PRNG key, from `jax.random.key(seed)` or "
         f"`jax.random.PRNGKey(seed)`; got {got}"
     )
+
+
+def check_state(where: str, state: Any, state_type: type, storage_prefix: tuple[int, int]) -> None:
+    """A state must be of the buffer's state type, with storage leaves
+    `(rows, capacity, ...)` as this buffer's `init` makes them."""
+    if not isinstance(state, state_type):
+        raise TypeError(
+            f"`{where}`: `state` must be a {state_type.__name__}; got {type(state).__name__}"
+        )
+    for path, leaf in jtu.tree_flatten_with_path(state.experience)[0]:
+        if tuple(leaf.shape[:2]) != storage_prefix:
+            raise ValueError(
+                f"`{where}`: state leaf {_path(path)} has shape {tuple(leaf.shape)}; "
+                f"this buffer stores {storage_prefix + ('...',)}: was the state made by "
+                "another buffer's `init`?"
+            )
+
+
+def check_priorities(where: str, indices: Any, priorities: Any) -> tuple[Array, Array]:
+    """`indices` must be integers and `priorities` floats, both of shape `(k,)`.
+
+    **Returns:** both as arrays, `priorities` as float32.
+    """
+    for name, value, kind in (("indices", indices, "integer"), ("priorities", priorities, "float")):
+        dtype = getattr(value, "dtype", None)
+        shape = tuple(getattr(value, "shape", ()))
+        ok_dtype = dtype is not None and (
+            jnp.issubdtype(dtype, jnp.integer)
+            if kind == "integer"
+            else jnp.issubdtype(dtype, jnp.floating)
+        )
+        if not ok_dtype or len(shape) != 1:
+            got = f"{dtype}{list(shape)}" if dtype is not None else type(value).__name__
+            raise TypeError(f"`{where}`: `{name}` must be a 1-d {kind} array; got {got}")
+    if indices.shape != priorities.shape:
+        raise ValueError(
+            f"`{where}`: `priorities` has shape {tuple(priorities.shape)} but `indices` has "
+            f"shape {tuple(indices.shape)}; expected one priority per index"
+        )
+    return jnp.asarray(indices, jnp.int32), jnp.asarray(priorities, jnp.float32)

@@ -1,5 +1,6 @@
 """Validation of buffer configurations: errors name the argument, warnings match Flashbax's."""
 
+import math
 import operator
 import warnings
 
@@ -85,3 +86,44 @@ def trajectory_config(
             stacklevel=3,
         )
     return rows, samples, length, period_, min_length, capacity
+
+
+def prioritised_config(
+    *, priority_exponent: object, **trajectory: object
+) -> tuple[tuple[int, int, int, int, int, int], float]:
+    """Validates a prioritised trajectory buffer's configuration.
+
+    Items are windows starting at physical multiples of `period`, so the time axis is rounded
+    down to a multiple of `period` (with a warning), and every constraint is checked again
+    after rounding.
+
+    **Returns:** `trajectory_config`'s tuple, with the rounded time axis, and the exponent.
+    """
+    rows, samples, length, period, min_length, capacity = trajectory_config(**trajectory)  # pyright: ignore[reportArgumentType] # keywords checked there
+    if isinstance(priority_exponent, bool) or not isinstance(priority_exponent, (int, float)):
+        raise TypeError(f"`priority_exponent` must be a float; got {priority_exponent!r}")
+    exponent = float(priority_exponent)
+    if not (exponent >= 0 and math.isfinite(exponent)):
+        raise ValueError(f"`priority_exponent` must be finite and >= 0; got {exponent}")
+    rounded = capacity - capacity % period
+    if rounded != capacity:
+        warnings.warn(
+            f"the time axis ({capacity} steps per row) is not a multiple of `period` "
+            f"({period}); rounding it down to {rounded}",
+            stacklevel=3,
+        )
+        if rounded == 0:
+            raise ValueError(
+                f"the time axis ({capacity} steps per row) is shorter than `period` ({period})"
+            )
+        if length > rounded:
+            raise ValueError(
+                f"`sample_sequence_length` ({length}) must be <= the time axis rounded down "
+                f"to a multiple of `period` ({rounded} steps per row)"
+            )
+        if min_length > rounded:
+            raise ValueError(
+                f"`min_length_time_axis` ({min_length}) must be <= the time axis rounded down "
+                f"to a multiple of `period` ({rounded} steps per row)"
+            )
+    return (rows, samples, length, period, min_length, rounded), exponent

@@ -11,14 +11,18 @@ purpose, as each is a sizeable part of an in-place `add` (~15 us):
 - a static buffer argument would be hashed and compared through `Module.__getattribute__`,
   which runs in Python, on every call (~7 us).
 
-So `compiled_method` is a descriptor: the first lookup on a buffer compiles (or reuses, for
-an equal configuration) a `jax.jit` of the method with the buffer bound in, stores it on the
-buffer, and every later `buffer.add` returns it, to be called straight from C++. `jax.jit`
-also lets `add` donate the state and only the state: the batch is never consumed.
+So `compiled_method` is a descriptor: looking up `buffer.add` returns the `jax.jit` of the
+method compiled for the buffer's configuration, made on first use and shared by buffers with
+equal configurations, to be called straight from C++. The first lookup on a buffer reads its
+fields straight from its `__dict__` (skipping `Module.__getattribute__`); later lookups find
+the answer by the buffer's `id`, guarded by a weak reference. Nothing is stored on the
+buffer itself: an extra attribute would change its pytree structure and its pickling.
+`jax.jit` also lets `add` donate the state and only the state: the batch is never consumed.
 """
 
 import dataclasses
 import functools as ft
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Concatenate, Generic, overload, ParamSpec, TypeVar
 
@@ -28,6 +32,14 @@ import jax
 _B = TypeVar("_B")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+_MAX_SHARED = 64
+
+
+@ft.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
 
 
 class CompiledMethod(Generic[_B, _P, _R]):
@@ -42,19 +54,19 @@ class CompiledMethod(Generic[_B, _P, _R]):
     ):
         self._fn = fn
         self._donates_state = donates_state
-        self._attribute = f"_compiled_{fn.__name__}"
-        # Buffers with equal configurations share one compiled function.
+        # Buffers with equal configurations share one compiled function. Sweeps that make
+        # many configurations in one process keep only the newest `_MAX_SHARED`.
         self._shared: dict[Hashable, Callable[_P, _R]] = {}
+        # id(buffer) -> (a weak reference to the buffer, its compiled function).
+        self._by_id: dict[int, tuple[weakref.ref, Callable[_P, _R]]] = {}
         ft.update_wrapper(self, fn)
 
-    def _compile(self, buffer: _B) -> Callable[_P, _R]:
-        fields = dataclasses.fields(buffer)  # pyright: ignore[reportArgumentType] # a Module
-        config = (type(buffer), *(getattr(buffer, f.name) for f in fields))
-        compiled = self._shared.get(config)
-        if compiled is None:
-            donate = self._donates_state and getattr(buffer, "donate_state")
-            compiled = jax.jit(ft.partial(self._fn, buffer), donate_argnums=0 if donate else ())
-            self._shared[config] = compiled
+    def _compile(self, buffer: _B, config: Hashable) -> Callable[_P, _R]:
+        donate = self._donates_state and getattr(buffer, "donate_state")
+        compiled = jax.jit(ft.partial(self._fn, buffer), donate_argnums=0 if donate else ())
+        if len(self._shared) >= _MAX_SHARED:
+            del self._shared[next(iter(self._shared))]
+        self._shared[config] = compiled
         return compiled
 
     @overload
@@ -68,13 +80,22 @@ class CompiledMethod(Generic[_B, _P, _R]):
     def __get__(self, instance: _B | None, owner: type | None = None) -> Callable[..., _R]:
         if instance is None:
             return self
+        known = self._by_id.get(id(instance))
+        if known is not None and known[0]() is instance:
+            return known[1]
+        return self._remember(instance)
+
+    def _remember(self, buffer: _B) -> Callable[_P, _R]:
         # `object.__getattribute__` skips `Module.__getattribute__`, which runs in Python.
-        cache = object.__getattribute__(instance, "__dict__")
-        try:
-            return cache[self._attribute]
-        except KeyError:
-            compiled = cache[self._attribute] = self._compile(instance)
-            return compiled
+        fields = object.__getattribute__(buffer, "__dict__")
+        config = (type(buffer), *[fields[name] for name in _field_names(type(buffer))])
+        compiled = self._shared.get(config)
+        if compiled is None:
+            compiled = self._compile(buffer, config)
+        key, by_id = id(buffer), self._by_id
+        # The entry goes when the buffer does, before its id can be reused.
+        by_id[key] = (weakref.ref(buffer, lambda _: by_id.pop(key, None)), compiled)
+        return compiled
 
     def __call__(self, buffer: _B, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return self.__get__(buffer)(*args, **kwargs)

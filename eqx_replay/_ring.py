@@ -10,8 +10,9 @@ from collections.abc import Callable
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jax.custom_batching import custom_vmap
-from jaxtyping import Array, Bool, Int, Shaped
+from jaxtyping import Array, Bool, Int, PyTree, Shaped
 
 
 def advance(
@@ -35,6 +36,36 @@ def num_windows(
     """How many windows of `length` steps start on the period grid of the stored steps."""
     stored = jnp.where(is_full, capacity, current_index)
     return jnp.where(stored >= length, (stored - length) // period + 1, 0)
+
+
+def window_complete(
+    start: Int[Array, "*shape"],
+    current_index: Int[Array, ""],
+    is_full: Bool[Array, ""],
+    capacity: int,
+    length: int,
+) -> Bool[Array, "*shape"]:
+    """Whether the `length` steps from physical index `start` are all stored and do not
+    cross the write head (for windows on a grid of physical indices)."""
+    # Steps from `start` forward up to the newest one, in [1, capacity].
+    ahead = (current_index - 1 - start) % capacity + 1
+    return (ahead >= length) & (is_full | (start < current_index))
+
+
+def touched_window_starts(
+    current_index: Int[Array, ""], steps: int, length: int, period: int, capacity: int
+) -> tuple[Int[Array, " windows"], Bool[Array, " windows"]]:
+    """Physical starts, on the grid of multiples of `period`, of every window of `length`
+    steps that overlaps a write of `steps` steps at `current_index`.
+
+    **Returns:** `(starts, mask)`: a static number of candidate starts and which of them are
+    real (the same physical start may appear twice when the range covers the whole ring).
+    """
+    first = current_index - length + 1
+    first = -((-first) // period) * period  # the first multiple of `period` >= `first`
+    count = (steps + length - 2) // period + 1
+    logical = first + period * jnp.arange(count)
+    return logical % capacity, logical <= current_index + steps - 1
 
 
 def window_start(
@@ -120,6 +151,22 @@ def _write_wrapping(storage: Array, steps: Array, current_index: Array) -> Array
     return lax.dynamic_update_slice_in_dim(
         storage, jnp.where(offset < wrapped, rolled, old_head), 0, axis=1
     )
+
+
+def append(
+    storage: PyTree[Shaped[Array, "rows capacity ..."]],
+    steps: PyTree[Shaped[Array, "rows steps ..."]],
+    current_index: Int[Array, ""],
+    is_full: Bool[Array, ""],
+) -> tuple[PyTree[Shaped[Array, "rows capacity ..."]], Int[Array, ""], Bool[Array, ""]]:
+    """Writes every leaf of `steps` at the write head and moves the head past them.
+
+    **Returns:** `(storage, current_index, is_full)` after the write.
+    """
+    num_steps = jtu.tree_leaves(steps)[0].shape[1]
+    capacity = jtu.tree_leaves(storage)[0].shape[1]
+    storage = jtu.tree_map(lambda store, new: write(store, new, current_index), storage, steps)
+    return storage, *advance(current_index, is_full, num_steps, capacity)
 
 
 def read(

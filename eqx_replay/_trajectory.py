@@ -10,7 +10,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
-from ._checks import check_batch, check_example, check_key
+from ._checks import check_batch, check_example, check_key, check_state
 from ._config import trajectory_config
 from ._guard import poison_unless
 from ._jit import compiled_method
@@ -138,18 +138,12 @@ class TrajectoryBuffer(eqx.Module):
         )
 
     def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
-        if not isinstance(state, TrajectoryBufferState):
-            raise TypeError(
-                f"`{where}`: `state` must be a TrajectoryBufferState; got {type(state).__name__}"
-            )
-        expected = (self.add_batch_size, self.max_length_time_axis)
-        for path, leaf in jtu.tree_flatten_with_path(state.experience)[0]:
-            if tuple(leaf.shape[:2]) != expected:
-                raise ValueError(
-                    f"`{where}`: state leaf {jtu.keystr(path)} has shape {tuple(leaf.shape)}; "
-                    f"this buffer stores {expected + ('...',)}: was the state made by another "
-                    "buffer's `init`?"
-                )
+        check_state(
+            where,
+            state,
+            TrajectoryBufferState,
+            (self.add_batch_size, self.max_length_time_axis),
+        )
 
     @compiled_method(donates_state=True)
     def add(self, state: TrajectoryBufferState, batch: PyTree) -> TrajectoryBufferState:
@@ -167,16 +161,10 @@ class TrajectoryBuffer(eqx.Module):
         """
         where = "TrajectoryBuffer.add"
         self._check_state(where, state)
-        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
-        experience = jtu.tree_map(
-            lambda store, new: _ring.write(store, new, state.current_index),
-            state.experience,
-            batch,
+        check_batch(where, state.experience, batch, self.max_length_time_axis)
+        return TrajectoryBufferState(
+            *_ring.append(state.experience, batch, state.current_index, state.is_full)
         )
-        current_index, is_full = _ring.advance(
-            state.current_index, state.is_full, steps, self.max_length_time_axis
-        )
-        return TrajectoryBufferState(experience, current_index, is_full)
 
     @compiled_method()
     def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:

@@ -126,6 +126,7 @@ def test_bad_batch_is_rejected_and_state_survives(filled, case):
     [
         (0, "int32[]"),
         (jnp.zeros(3, jnp.uint32), "uint32[3]"),
+        (jnp.zeros((2, 2), jnp.uint32), "uint32[2, 2]"),
         (jnp.zeros(2, jnp.float32), "float32[2]"),
         (jax.random.split(jax.random.key(0)), "key<fry>[2]"),
     ],

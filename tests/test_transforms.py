@@ -1,6 +1,7 @@
 """The buffer composes: jit, vmap, scan, pmap, an Equinox agent, donation, no retracing."""
 
 import dataclasses
+import pickle
 from typing import Any
 
 import equinox as eqx
@@ -214,3 +215,25 @@ def test_no_retracing(monkeypatch):
     # A different time length is a different shape: exactly one new trace.
     with pytest.raises(RuntimeError, match="can only be traced 1 times"):
         buffer.add(state, nth(batches(1, 2), 0))
+
+
+class Learner(eqx.Module):
+    buffer: eqx_replay.TrajectoryBuffer
+    state: eqx_replay.TrajectoryBufferState
+
+
+def test_using_a_buffer_leaves_it_unchanged():
+    fresh, used = make_buffer(), make_buffer()
+    for method in ("add", "sample", "can_sample"):
+        getattr(used, method)  # the lookup itself
+    assert fresh == used and jax.tree.structure(fresh) == jax.tree.structure(used)
+    assert pickle.loads(pickle.dumps(used)) == fresh
+    # A buffer carried in a Module through `lax.scan` keeps the carry's structure.
+    learner = Learner(fresh, fresh.init(example()))
+
+    def body(learner, batch):
+        state = learner.buffer.add(learner.state, batch)
+        return eqx.tree_at(lambda lr: lr.state, learner, state), None
+
+    learner, _ = jax.lax.scan(body, learner, batches(4, 3))
+    assert int(learner.state.current_index) == 0 and bool(learner.state.is_full)

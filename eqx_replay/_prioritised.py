@@ -1,0 +1,334 @@
+"""The prioritised trajectory buffer: windows sampled in proportion to their priority."""
+
+from typing import cast
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
+
+from . import _ring
+from ._checks import check_batch, check_example, check_key, check_priorities, check_state
+from ._config import prioritised_config
+from ._guard import poison_unless
+from ._jit import compiled_method
+from ._sum_tree import empty_sum_tree, SumTree
+
+
+class PrioritisedTrajectoryBufferState(eqx.Module):
+    """What a prioritised trajectory buffer stores.
+
+    **Fields:**
+
+    - `experience`, `current_index`, `is_full`: as in `TrajectoryBufferState`.
+    - `priorities`: a `SumTree` of each item's priority (zero while the item's window is not
+      complete or crosses the write head).
+    - `valid`: whether each item's window is complete and does not cross the write head.
+    - `generation`: how many times each item's window has changed (been written into or
+      invalidated); a priority update made for an older generation is ignored.
+    - `max_priority`: the largest priority set so far (1.0 at first), given to new windows.
+    """
+
+    experience: PyTree[Shaped[Array, "add_batch time ..."]]
+    current_index: Int[Array, ""]
+    is_full: Bool[Array, ""]
+    priorities: SumTree
+    valid: Bool[Array, " items"]
+    generation: Int[Array, " items"]
+    max_priority: Float[Array, ""]
+
+
+class PrioritisedTrajectoryBufferSample(eqx.Module):
+    """A batch of windows drawn in proportion to priority.
+
+    **Fields:**
+
+    - `experience`: the example's pytree, each leaf `(sample_batch, sample_time, ...)`.
+    - `indices`: a handle per window, to pass back to `set_priorities`; it names the item and
+      its generation, so an update for a window overwritten since is ignored.
+    - `probabilities`: the probability with which each window was drawn.
+    """
+
+    experience: PyTree[Shaped[Array, "sample_batch sample_time ..."]]
+    indices: Int[Array, " sample_batch"]
+    probabilities: Float[Array, " sample_batch"]
+
+
+class PrioritisedTrajectoryBuffer(eqx.Module):
+    """A trajectory buffer whose windows are sampled in proportion to
+    `priority ** priority_exponent`, Flashbax's `PrioritisedTrajectoryBuffer` as an Equinox
+    Module.
+
+    An item is a window of `sample_sequence_length` steps of one row starting at a physical
+    time index that is a multiple of `period`. A window gets the largest priority set so far
+    as soon as all its steps are stored, and priority zero (it cannot be sampled) while it is
+    being overwritten or would cross the write head, so a sample never joins new data to
+    old. `add` and `set_priorities` update the state in place (see `TrajectoryBuffer`).
+    """
+
+    add_batch_size: int = eqx.field(static=True)
+    sample_batch_size: int = eqx.field(static=True)
+    sample_sequence_length: int = eqx.field(static=True)
+    period: int = eqx.field(static=True)
+    min_length_time_axis: int = eqx.field(static=True)
+    max_length_time_axis: int = eqx.field(static=True)
+    priority_exponent: float = eqx.field(static=True)
+    donate_state: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        add_batch_size: int,
+        sample_batch_size: int,
+        sample_sequence_length: int,
+        period: int,
+        min_length_time_axis: int,
+        max_size: int | None = None,
+        max_length_time_axis: int | None = None,
+        priority_exponent: float = 0.6,
+        donate_state: bool = True,
+    ):
+        """**Arguments:** those of `TrajectoryBuffer`, and
+
+        - `priority_exponent`: windows are drawn in proportion to
+            `priority ** priority_exponent` (0 gives uniform sampling over valid windows).
+
+        The time axis is rounded down to a multiple of `period`, with a warning.
+        """
+        (
+            (
+                self.add_batch_size,
+                self.sample_batch_size,
+                self.sample_sequence_length,
+                self.period,
+                self.min_length_time_axis,
+                self.max_length_time_axis,
+            ),
+            self.priority_exponent,
+        ) = prioritised_config(
+            priority_exponent=priority_exponent,
+            add_batch_size=add_batch_size,
+            sample_batch_size=sample_batch_size,
+            sample_sequence_length=sample_sequence_length,
+            period=period,
+            min_length_time_axis=min_length_time_axis,
+            max_size=max_size,
+            max_length_time_axis=max_length_time_axis,
+        )
+        if not isinstance(donate_state, bool):
+            raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
+        self.donate_state = donate_state
+
+    @property
+    def _starts_per_row(self) -> int:
+        return self.max_length_time_axis // self.period
+
+    @property
+    def _num_items(self) -> int:
+        return self.add_batch_size * self._starts_per_row
+
+    @property
+    def _generations(self) -> int:
+        # `indices` carry `generation % _generations` above the item number, in an int32.
+        return (2**31 - 1) // self._num_items
+
+    def init(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
+        """Creates an empty state from one example step (see `TrajectoryBuffer.init`)."""
+        check_example("PrioritisedTrajectoryBuffer.init", experience)
+        shape = (self.add_batch_size, self.max_length_time_axis)
+
+        def storage(leaf: ArrayLike) -> Array:
+            dtype = jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
+            return jnp.zeros(shape + jnp.shape(leaf), dtype)
+
+        return PrioritisedTrajectoryBufferState(
+            experience=jtu.tree_map(storage, experience),
+            current_index=jnp.array(0, jnp.int32),
+            is_full=jnp.array(False),
+            priorities=empty_sum_tree(self._num_items),
+            valid=jnp.zeros(self._num_items, bool),
+            generation=jnp.zeros(self._num_items, jnp.int32),
+            max_priority=jnp.array(1.0, jnp.float32),
+        )
+
+    def _check_state(self, where: str, state: PrioritisedTrajectoryBufferState) -> None:
+        check_state(
+            where,
+            state,
+            PrioritisedTrajectoryBufferState,
+            (self.add_batch_size, self.max_length_time_axis),
+        )
+
+    @compiled_method(donates_state=True)
+    def add(
+        self, state: PrioritisedTrajectoryBufferState, batch: PyTree
+    ) -> PrioritisedTrajectoryBufferState:
+        """Appends a batch of trajectory pieces (see `TrajectoryBuffer.add`). Windows that
+        the write completes get the largest priority set so far; windows it writes into
+        without completing get priority zero."""
+        where = "PrioritisedTrajectoryBuffer.add"
+        self._check_state(where, state)
+        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        experience, current_index, is_full = _ring.append(
+            state.experience, batch, state.current_index, state.is_full
+        )
+        starts, touched = _ring.touched_window_starts(
+            state.current_index,
+            steps,
+            self.sample_sequence_length,
+            self.period,
+            self.max_length_time_axis,
+        )
+        complete = _ring.window_complete(
+            starts, current_index, is_full, self.max_length_time_axis, self.sample_sequence_length
+        )
+        rows = jnp.arange(self.add_batch_size)[:, None]
+        items = (rows * self._starts_per_row + starts // self.period).reshape(-1)
+        shape = (self.add_batch_size, starts.shape[0])
+        touched = jnp.broadcast_to(touched, shape).reshape(-1)
+        complete = jnp.broadcast_to(complete, shape).reshape(-1)
+        # A start listed twice gets the same values twice, so the writes agree.
+        dropped = jnp.where(touched, items, self._num_items)
+        valid = state.valid.at[dropped].set(complete, mode="drop")
+        generation = state.generation.at[dropped].set(state.generation[items] + 1, mode="drop")
+        priority = jnp.where(complete, state.max_priority, 0.0)
+        priorities = state.priorities.set(items, priority, touched)
+        return PrioritisedTrajectoryBufferState(
+            experience,
+            current_index,
+            is_full,
+            priorities,
+            valid,
+            generation,
+            state.max_priority,
+        )
+
+    @compiled_method()
+    def can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
+        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
+        some window has a positive priority."""
+        return self._can_sample(state)
+
+    def _can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
+        enough = state.is_full | (state.current_index >= self.min_length_time_axis)
+        return enough & (state.priorities.total() > 0)
+
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
+    @compiled_method()
+    def sample(
+        self, state: PrioritisedTrajectoryBufferState, rng_key: ArrayLike
+    ) -> PrioritisedTrajectoryBufferSample:
+        """Draws `sample_batch_size` windows in proportion to their priority (stratified:
+        the `j`-th draw falls in the `j`-th of equal slices of the total priority).
+
+        When `can_sample` is false the windows are poison (see `TrajectoryBuffer.sample`)
+        and the probabilities zero, never NaN.
+
+        **Returns:** a `PrioritisedTrajectoryBufferSample`.
+        """
+        where = "PrioritisedTrajectoryBuffer.sample"
+        self._check_state(where, state)
+        check_key(where, rng_key)
+        key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
+        items, probabilities = state.priorities.sample(key, self.sample_batch_size)
+        items = jnp.minimum(items, self._num_items - 1)  # only when the total is zero
+        rows, grid = jnp.divmod(items, self._starts_per_row)
+        ok = self._can_sample(state)
+        experience = jtu.tree_map(
+            lambda store: poison_unless(
+                ok,
+                _ring.read(store, rows, grid * self.period, self.sample_sequence_length),
+            ),
+            state.experience,
+        )
+        indices = (state.generation[items] % self._generations) * self._num_items + items
+        return PrioritisedTrajectoryBufferSample(
+            experience, indices, jnp.where(ok, probabilities, 0.0)
+        )
+
+    @compiled_method(donates_state=True)
+    def set_priorities(
+        self, state: PrioritisedTrajectoryBufferState, indices: ArrayLike, priorities: ArrayLike
+    ) -> PrioritisedTrajectoryBufferState:
+        """Sets the priorities of sampled windows to `priorities ** priority_exponent`.
+
+        **Arguments:**
+
+        - `state`: the current state; donated, as in `add`.
+        - `indices`: `sample.indices` (or a subset of them), integers of shape `(k,)`.
+        - `priorities`: non-negative floats of shape `(k,)`, e.g. absolute TD errors.
+
+        An update is ignored, and the window keeps its priority, when the window has been
+        overwritten or invalidated since it was sampled (its generation changed), when the
+        index is out of range, or when the priority is negative, NaN or infinite. When an
+        index appears more than once, the last update wins.
+        """
+        where = "PrioritisedTrajectoryBuffer.set_priorities"
+        self._check_state(where, state)
+        indices, priorities = check_priorities(where, indices, priorities)
+        generation, items = jnp.divmod(indices, self._num_items)
+        in_range = (indices >= 0) & (generation < self._generations)
+        items = jnp.where(in_range, items, 0)
+        current = state.valid[items] & (state.generation[items] % self._generations == generation)
+        finite = jnp.isfinite(priorities) & (priorities >= 0)
+        keep = in_range & current & finite
+        values = jnp.where(keep, priorities, 0.0) ** self.priority_exponent
+        tree = state.priorities.set(items, values, keep)
+        max_priority = jnp.maximum(state.max_priority, jnp.max(jnp.where(keep, values, 0.0)))
+        return PrioritisedTrajectoryBufferState(
+            state.experience,
+            state.current_index,
+            state.is_full,
+            tree,
+            state.valid,
+            state.generation,
+            max_priority,
+        )
+
+
+def make_prioritised_trajectory_buffer(
+    add_batch_size: int,
+    sample_batch_size: int,
+    sample_sequence_length: int,
+    period: int,
+    min_length_time_axis: int,
+    max_size: int | None = None,
+    max_length_time_axis: int | None = None,
+    priority_exponent: float = 0.6,
+    donate_state: bool = True,
+) -> PrioritisedTrajectoryBuffer:
+    """Makes a `PrioritisedTrajectoryBuffer`; the arguments are those of its constructor and
+    of Flashbax's `make_prioritised_trajectory_buffer` (without `device`: the write strategy
+    is chosen for every backend alike)."""
+    return PrioritisedTrajectoryBuffer(
+        add_batch_size=add_batch_size,
+        sample_batch_size=sample_batch_size,
+        sample_sequence_length=sample_sequence_length,
+        period=period,
+        min_length_time_axis=min_length_time_axis,
+        max_size=max_size,
+        max_length_time_axis=max_length_time_axis,
+        priority_exponent=priority_exponent,
+        donate_state=donate_state,
+    )
+
+
+def importance_weights(
+    probabilities: Float[ArrayLike, " sample_batch"], beta: float
+) -> Float[Array, " sample_batch"]:
+    """Prioritised replay's importance-sampling correction, normalised by the largest.
+
+    With `N` stored windows, window `i` drawn with probability `P(i)` gets
+    `w_i = (N * P(i)) ** -beta / max_j (N * P(j)) ** -beta = (min_j P(j) / P(i)) ** beta`
+    (Schaul et al., 2016); `N` cancels. Windows with probability zero (a poisoned sample)
+    get weight zero.
+
+    **Arguments:**
+
+    - `probabilities`: `sample.probabilities`.
+    - `beta`: the correction's strength, from 0 (none) to 1 (full), usually annealed to 1.
+    """
+    p = jnp.asarray(probabilities)
+    positive = p > 0
+    smallest = jnp.min(jnp.where(positive, p, jnp.inf))
+    return jnp.where(positive, (smallest / jnp.where(positive, p, 1.0)) ** beta, 0.0)

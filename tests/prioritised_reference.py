@@ -1,0 +1,77 @@
+"""A numpy model of the prioritised trajectory buffer's priorities, from the logical history.
+
+Physical index `p` holds the newest global step `g` with `g % capacity == p`. An item is a
+window of `length` steps of one row starting at a physical multiple of `period`; it is valid
+when all its positions hold stored steps whose global times are consecutive. An add gives
+every window it writes into a new generation and the running maximum priority if valid, zero
+otherwise.
+"""
+
+import numpy as np
+
+
+class PrioritisedReference:
+    def __init__(self, rows, capacity, length, period, exponent):
+        self.rows, self.capacity, self.length, self.period = rows, capacity, length, period
+        self.exponent = np.float32(exponent)
+        self.starts_per_row = capacity // period
+        self.num_items = rows * self.starts_per_row
+        self.generations = (2**31 - 1) // self.num_items
+        self.total = 0
+        self.priority = np.zeros(self.num_items, np.float32)
+        self.generation = np.zeros(self.num_items, np.int64)
+        self.max_priority = np.float32(1.0)
+
+    def global_time(self, p):
+        """The global time stored at physical `p`, or None."""
+        if p >= self.total:
+            return None
+        g = p + ((self.total - 1 - p) // self.capacity) * self.capacity
+        return g if g >= self.total - self.capacity else None
+
+    def item(self, row, start):
+        return row * self.starts_per_row + start // self.period
+
+    def window_times(self, start):
+        """Global times of the window at physical `start`, or None if it is not valid."""
+        times = [self.global_time((start + j) % self.capacity) for j in range(self.length)]
+        stored = [t for t in times if t is not None]
+        if len(stored) < self.length or any(b != a + 1 for a, b in zip(stored, stored[1:])):
+            return None
+        return stored
+
+    def valid(self):
+        out = np.zeros(self.num_items, bool)
+        for start in range(0, self.capacity, self.period):
+            if self.window_times(start) is not None:
+                for row in range(self.rows):
+                    out[self.item(row, start)] = True
+        return out
+
+    def add(self, steps):
+        written = {(self.total + j) % self.capacity for j in range(steps)}
+        self.total += steps
+        for start in range(0, self.capacity, self.period):
+            window = {(start + j) % self.capacity for j in range(self.length)}
+            if window & written:
+                valid = self.window_times(start) is not None
+                for row in range(self.rows):
+                    item = self.item(row, start)
+                    self.generation[item] += 1
+                    self.priority[item] = self.max_priority if valid else 0
+
+    def set_priorities(self, indices, priorities):
+        valid = self.valid()
+        for index, value in zip(np.asarray(indices).tolist(), np.asarray(priorities).tolist()):
+            generation, item = divmod(index, self.num_items)
+            value = np.float32(value)
+            if (
+                0 <= index
+                and generation < self.generations
+                and valid[item]
+                and self.generation[item] % self.generations == generation
+                and np.isfinite(value)
+                and value >= 0
+            ):
+                self.priority[item] = value**self.exponent
+                self.max_priority = max(self.max_priority, self.priority[item])

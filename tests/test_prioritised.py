@@ -1,0 +1,326 @@
+"""The prioritised trajectory buffer against its numpy reference, and its guarantees."""
+
+import collections
+import re
+import warnings
+
+import equinox as eqx
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+
+import eqx_replay
+
+from .helpers import quiet, to_numpy, tree_allclose
+from .prioritised_reference import PrioritisedReference
+
+
+ROW_CODE = 100_000  # a step's `step` leaf is `row * ROW_CODE + global time`
+
+
+def make(rows, capacity, length, period, samples=64, exponent=0.6, **kwargs):
+    with quiet():
+        return eqx_replay.make_prioritised_trajectory_buffer(
+            add_batch_size=rows,
+            sample_batch_size=samples,
+            sample_sequence_length=length,
+            period=period,
+            min_length_time_axis=length,
+            max_length_time_axis=capacity,
+            priority_exponent=exponent,
+            **kwargs,
+        )
+
+
+def steps_batch(rows, first, steps):
+    times = np.arange(first, first + steps)
+    code = np.arange(rows)[:, None] * ROW_CODE + times[None, :]
+    return {"step": jnp.asarray(code, jnp.int32)}
+
+
+EXAMPLE = {"step": jnp.int32(0)}
+
+
+def check_against(state, ref):
+    np.testing.assert_array_equal(np.asarray(state.valid), ref.valid())
+    np.testing.assert_array_equal(np.asarray(state.generation), ref.generation)
+    leaves = np.asarray(state.priorities.get(jnp.arange(ref.num_items)))
+    np.testing.assert_allclose(leaves, ref.priority, rtol=1e-6)
+    np.testing.assert_allclose(float(state.max_priority), ref.max_priority, rtol=1e-6)
+    # The tree's internal nodes are the sums of their children, exactly.
+    nodes = np.asarray(state.priorities.nodes)
+    width = nodes.shape[0] // 2
+    np.testing.assert_array_equal(
+        nodes[1:width], nodes[2 : 2 * width : 2] + nodes[3 : 2 * width : 2]
+    )
+
+
+def check_sample(buffer, state, ref, sample):
+    steps = np.asarray(sample.experience["step"])
+    if not ref.valid().any():
+        assert (steps == np.iinfo(np.int32).max).all()
+        np.testing.assert_array_equal(np.asarray(sample.probabilities), 0)
+        return
+    rows, first = np.divmod(steps[:, 0], ROW_CODE)
+    # Consecutive steps of one row, all still stored: never across the write head.
+    assert (steps - steps[:, :1] == np.arange(buffer.sample_sequence_length)).all()
+    assert (first >= ref.total - ref.capacity).all() and (first + ref.length <= ref.total).all()
+    items = np.asarray(sample.indices) % ref.num_items
+    assert (ref.priority[items] > 0).all()
+    probabilities = ref.priority[items] / ref.priority.sum()
+    np.testing.assert_allclose(np.asarray(sample.probabilities), probabilities, rtol=1e-5)
+    np.testing.assert_array_equal(items // ref.starts_per_row, rows)
+    np.testing.assert_array_equal((items % ref.starts_per_row) * ref.period, first % ref.capacity)
+
+
+@st.composite
+def scenarios(draw):
+    rows = draw(st.integers(1, 3))
+    period = draw(st.integers(1, 3))
+    capacity = period * draw(st.integers(1, 6))
+    length = draw(st.integers(1, capacity))
+    ops = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("add"), st.integers(1, capacity)),
+                st.tuples(st.just("set"), st.integers(0, 2**16)),
+                st.tuples(st.just("sample"), st.integers(0, 2**16)),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    return rows, capacity, length, period, ops
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(scenarios())
+def test_matches_reference(scenario):
+    rows, capacity, length, period, ops = scenario
+    buffer = make(rows, capacity, length, period)
+    ref = PrioritisedReference(rows, capacity, length, period, 0.6)
+    state = buffer.init(EXAMPLE)
+    last = None  # the most recent sample, whose indices may have gone stale since
+    for op, arg in ops:
+        if op == "add":
+            state = buffer.add(state, steps_batch(rows, ref.total, arg))
+            ref.add(arg)
+        elif op == "sample":
+            last = buffer.sample(state, jax.random.key(arg))
+            check_sample(buffer, state, ref, last)
+        elif last is not None:
+            rng = np.random.default_rng(arg)
+            values = rng.uniform(0, 3, last.indices.shape).astype(np.float32)
+            values[rng.random(values.shape) < 0.1] = np.nan  # ignored, never applied
+            state = buffer.set_priorities(state, last.indices, jnp.asarray(values))
+            ref.set_priorities(last.indices, values)
+        check_against(state, ref)
+        assert bool(buffer.can_sample(state)) == (ref.total >= length and ref.valid().any())
+
+
+def test_frequencies_follow_priority_to_the_exponent():
+    rows, capacity, length, period = 2, 12, 3, 3
+    buffer = make(rows, capacity, length, period, samples=8192, exponent=0.5)
+    state = buffer.init(EXAMPLE)
+    state = buffer.add(state, steps_batch(rows, 0, 12))
+    state = buffer.add(state, steps_batch(rows, 12, 1))  # the window at 12 crosses the head
+    sample = buffer.sample(state, jax.random.key(0))
+    items = np.unique(np.asarray(sample.indices))
+    raw = np.arange(1, items.size + 1, dtype=np.float32) ** 2
+    state = buffer.set_priorities(state, jnp.asarray(items), jnp.asarray(raw))
+    counts = collections.Counter()
+    for seed in range(4):
+        sample = buffer.sample(state, jax.random.key(seed + 1))
+        counts.update((np.asarray(sample.indices) % (rows * capacity // period)).tolist())
+    expected = np.sqrt(raw.astype(np.float64))
+    expected /= expected.sum()
+    observed = [counts[item % (rows * capacity // period)] for item in items]
+    assert sum(observed) == 4 * 8192  # never an item outside the valid ones
+    assert scipy.stats.chisquare(observed, expected * sum(observed)).pvalue > 1e-4
+
+
+def test_stale_update_is_ignored():
+    buffer = make(1, 8, 2, 2, samples=16, exponent=1.0)
+    state = buffer.add(buffer.init(EXAMPLE), steps_batch(1, 0, 8))
+    stale = buffer.sample(state, jax.random.key(0))
+    state = buffer.add(state, steps_batch(1, 8, 8))  # every window rewritten
+    before = to_numpy(state.priorities)
+    state = buffer.set_priorities(state, stale.indices, jnp.full(16, 7.0))
+    assert tree_allclose(to_numpy(state.priorities), before)
+    fresh = buffer.sample(state, jax.random.key(1))
+    state = buffer.set_priorities(state, fresh.indices, jnp.full(16, 7.0))
+    assert float(state.max_priority) == 7.0
+
+
+def test_zero_total_never_gives_nan():
+    buffer = make(1, 8, 2, 2, samples=16)
+    state = buffer.add(buffer.init(EXAMPLE), steps_batch(1, 0, 8))
+    sample = buffer.sample(state, jax.random.key(0))
+    state = buffer.set_priorities(state, sample.indices, jnp.zeros(16))
+    assert float(state.priorities.total()) == 0 and not bool(buffer.can_sample(state))
+    sample = buffer.sample(state, jax.random.key(1))
+    assert not bool(jnp.any(jnp.isnan(sample.probabilities)))
+    np.testing.assert_array_equal(np.asarray(sample.probabilities), 0)
+    assert bool(jnp.all(sample.experience["step"] == jnp.iinfo(jnp.int32).max))
+    np.testing.assert_array_equal(
+        np.asarray(eqx_replay.importance_weights(sample.probabilities, 0.4)), 0
+    )
+
+
+def test_sum_tree_stays_exact_and_never_samples_zero():
+    # The note reports the same at 10**6 updates; 2 * 10**4 here keeps the suite fast.
+    tree = eqx_replay.SumTree(jnp.zeros(2 * 1024))
+    rng = np.random.default_rng(0)
+
+    @jax.jit
+    def update(tree, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        items = jax.random.randint(k1, (64,), 0, 1000)
+        values = jax.random.uniform(k2, (64,)) * jnp.where(
+            jax.random.uniform(k3, (64,)) < 0.3, 0, 1
+        )
+        return tree.set(items, values, jnp.ones(64, bool))
+
+    def body(tree, key):
+        return update(tree, key), None
+
+    tree, _ = jax.lax.scan(
+        body, tree, jax.random.split(jax.random.key(int(rng.integers(99))), 20_000)
+    )
+    leaves = np.asarray(tree.nodes[1024:], np.float64)
+    assert abs(float(tree.total()) - leaves.sum()) <= 1e-6 * leaves.sum()
+    items, probabilities = tree.sample(jax.random.key(5), 100_000)
+    assert (leaves[np.asarray(items)] > 0).all()
+    np.testing.assert_allclose(
+        np.asarray(probabilities), leaves[np.asarray(items)] / leaves.sum(), rtol=1e-5
+    )
+
+
+def test_duplicate_indices_last_wins():
+    tree = eqx_replay.SumTree(jnp.zeros(16))
+    tree = tree.set(
+        jnp.array([3, 5, 3, 3]),
+        jnp.array([1.0, 2.0, 3.0, 4.0]),
+        jnp.array([True, True, True, False]),
+    )
+    np.testing.assert_array_equal(np.asarray(tree.get(jnp.array([3, 5]))), [3.0, 2.0])
+    assert float(tree.total()) == 5.0
+
+
+def test_importance_weights():
+    w = eqx_replay.importance_weights(jnp.array([0.1, 0.2, 0.4]), 1.0)
+    np.testing.assert_allclose(np.asarray(w), [1.0, 0.5, 0.25])
+    np.testing.assert_allclose(
+        np.asarray(eqx_replay.importance_weights(jnp.array([0.1, 0.4]), 0.5)), [1.0, 0.5]
+    )
+
+
+def test_capacity_rounded_down_to_the_period():
+    with pytest.warns(UserWarning, match="rounding it down to 9"):
+        buffer = eqx_replay.make_prioritised_trajectory_buffer(
+            add_batch_size=1,
+            sample_batch_size=2,
+            sample_sequence_length=3,
+            period=3,
+            min_length_time_axis=3,
+            max_length_time_axis=10,
+        )
+    assert buffer.max_length_time_axis == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(
+            ValueError,
+            match=re.escape("`sample_sequence_length` (10) must be <= the time axis rounded down"),
+        ):
+            eqx_replay.make_prioritised_trajectory_buffer(
+                add_batch_size=1,
+                sample_batch_size=2,
+                sample_sequence_length=10,
+                period=3,
+                min_length_time_axis=10,
+                max_length_time_axis=10,
+            )
+    with pytest.raises(ValueError, match="`priority_exponent` must be finite and >= 0"):
+        make(1, 8, 2, 2, exponent=-1.0)
+
+
+@pytest.mark.parametrize(
+    "indices,priorities,error,message",
+    [
+        (
+            jnp.zeros(4),
+            jnp.ones(4),
+            TypeError,
+            "`indices` must be a 1-d integer array; got float32[4]",
+        ),
+        (
+            jnp.zeros(4, jnp.int32),
+            jnp.ones(4, jnp.int32),
+            TypeError,
+            "`priorities` must be a 1-d float array; got int32[4]",
+        ),
+        (
+            jnp.zeros((2, 2), jnp.int32),
+            jnp.ones((2, 2)),
+            TypeError,
+            "`indices` must be a 1-d integer array; got int32[2, 2]",
+        ),
+        (
+            jnp.zeros(4, jnp.int32),
+            jnp.ones(3),
+            ValueError,
+            "`priorities` has shape (3,) but `indices` has shape (4,)",
+        ),
+    ],
+)
+def test_bad_set_priorities(indices, priorities, error, message):
+    buffer = make(1, 8, 2, 2, samples=4)
+    state = buffer.add(buffer.init(EXAMPLE), steps_batch(1, 0, 8))
+    before = to_numpy(state)
+    with pytest.raises(error, match=re.escape(message)):
+        buffer.set_priorities(state, indices, priorities)
+    assert tree_allclose(to_numpy(state), before)
+
+
+def test_invalid_priority_values_are_ignored():
+    buffer = make(1, 8, 2, 2, samples=4, exponent=1.0)
+    state = buffer.add(buffer.init(EXAMPLE), steps_batch(1, 0, 8))
+    sample = buffer.sample(state, jax.random.key(0))
+    before = np.asarray(state.priorities.nodes)
+    state = buffer.set_priorities(
+        state, sample.indices, jnp.array([-1.0, jnp.nan, jnp.inf, -jnp.inf])
+    )
+    np.testing.assert_array_equal(np.asarray(state.priorities.nodes), before)
+
+
+@pytest.mark.parametrize("transform", ["jit", "vmap", "scan"])
+def test_composes(transform):
+    buffer = make(2, 8, 2, 2, samples=4)
+    data = jnp.stack([steps_batch(2, 4 * i, 4)["step"] for i in range(3)])
+    key = jax.random.key(0)
+
+    def run(state, data):
+        def body(state, step):
+            state = buffer.add(state, {"step": step})
+            sample = buffer.sample(state, key)
+            state = buffer.set_priorities(state, sample.indices, jnp.ones(4) * 2)
+            return state, sample.experience["step"]
+
+        return jax.lax.scan(body, state, data)
+
+    expected_state, expected = run(buffer.init(EXAMPLE), data)
+    if transform == "jit":
+        state, out = jax.jit(run)(buffer.init(EXAMPLE), data)
+    elif transform == "vmap":
+        states = jax.vmap(buffer.init)({"step": jnp.zeros(2, jnp.int32)})
+        state, out = jax.vmap(run, in_axes=(0, None))(states, data)
+        state, out = jax.tree.map(lambda x: x[1], state), out[1]
+    else:
+        state, out = run(buffer.init(EXAMPLE), data)
+    assert tree_allclose(to_numpy(state), to_numpy(expected_state))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+    assert bool(eqx.tree_equal(buffer, make(2, 8, 2, 2, samples=4)))
