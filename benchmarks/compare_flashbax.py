@@ -44,6 +44,8 @@ f. peak resident memory while filling a >= 2 GB buffer (Atari-like `u8[84, 84, 4
    (peak RSS - RSS after imports and JAX start-up) / buffer bytes. Flashbax uses its donated add.
 g. the first call of add and of sample (tracing + compilation + run) on a fresh buffer, each
    library in a fresh process (so every cache is cold), median over several processes.
+h. prioritised trajectory buffers (priority exponent 0.6) at the c-row capacity and sample
+   shapes: add 16 x 1, sample, and set_priorities of one sample's indices, all donated.
 """
 
 import argparse
@@ -564,6 +566,64 @@ def bench_readme(results: Results, scale: Scale, rows: int, with_copying: bool) 
     record_sample(results, label, times, out_bytes)
 
 
+def bench_prioritised(results: Results, scale: Scale) -> None:
+    """Prioritised trajectory buffers: add, sample and set_priorities, both libraries donated."""
+    example = example_step((scale.obs_dim,), jnp.float32)
+    time_axis = scale.capacity // scale.rows
+    for batch, length, period in scale.samples:
+        log(f"[h] prioritised, sample {batch}×{length} (period {period}) at {scale.capacity:,}")
+        config: dict[str, Any] = dict(
+            add_batch_size=scale.rows,
+            sample_batch_size=batch,
+            sample_sequence_length=length,
+            period=period,
+            min_length_time_axis=length,
+            max_size=scale.capacity,
+            priority_exponent=0.6,
+        )
+        eqx_buf = eqx_replay.make_prioritised_trajectory_buffer(**config)
+        fbx_buf = fbx.make_prioritised_trajectory_buffer(**config, device="cpu")
+        fbx_add = jax.jit(fbx_buf.add, donate_argnums=0)
+        eqx_state = fill(
+            looked_up(eqx_buf, "add"), eqx_buf.init(example), example, scale.rows, time_axis
+        )
+        fbx_state = fill(fbx_add, fbx_buf.init(example), example, scale.rows, time_axis)
+        label = f"h. prioritised {{}} @ {scale.capacity:,} (sample {batch}×{length})"
+        if period == scale.samples[0][2]:
+            steps = random_batch(example, scale.rows, 1, seed=6)
+            runners = {
+                "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_state, steps),
+                "fbx": AddRunner(fbx_add, fbx_state, steps),
+            }
+            times = measure(runners, scale)
+            results.add(Row(label.format(f"add {scale.rows}×1"), times["eqx"], times["fbx"]))
+            eqx_state, fbx_state = runners["eqx"].state, runners["fbx"].state
+            del runners
+        sampling, out_bytes = sample_runners(
+            looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=7
+        )
+        times = measure(sampling, scale)
+        del sampling
+        results.add(Row(label.format(f"sample {batch}×{length}"), times["eqx"], times["fbx"]))
+        # Priorities for one sample's worth of windows, as after a learning step.
+        ours = eqx_buf.sample(eqx_state, jr.PRNGKey(8))
+        theirs = jax.jit(fbx_buf.sample)(fbx_state, jr.PRNGKey(8))
+        priorities = jnp.asarray(np.random.default_rng(9).uniform(0.1, 2.0, batch), jnp.float32)
+        fbx_set = jax.jit(fbx_buf.set_priorities, donate_argnums=0)
+        runners = {
+            "eqx": AddRunner(
+                lambda s, b, buf=eqx_buf: buf.set_priorities(s, *b),
+                eqx_state,
+                (ours.indices, priorities),
+            ),
+            "fbx": AddRunner(lambda s, b: fbx_set(s, *b), fbx_state, (theirs.indices, priorities)),
+        }
+        del eqx_state, fbx_state
+        times = measure(runners, scale)
+        del runners
+        results.add(Row(label.format(f"set_priorities ×{batch}"), times["eqx"], times["fbx"]))
+
+
 # --------------------------------------------------------------------------------------------
 # Rows f and g, each library in a fresh process
 
@@ -915,6 +975,7 @@ def main() -> None:
     bench_sample_and_scan(results, scale)
     bench_readme(results, scale, rows=scale.readme_rows, with_copying=True)
     bench_readme(results, scale, rows=1, with_copying=False)
+    bench_prioritised(results, scale)
 
     results.rows.sort(key=lambda row: row.label[0])  # by the issue's letters, a to g
     elapsed = time.perf_counter() - started

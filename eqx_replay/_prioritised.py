@@ -295,11 +295,17 @@ def make_prioritised_trajectory_buffer(
     max_size: int | None = None,
     max_length_time_axis: int | None = None,
     priority_exponent: float = 0.6,
+    device: str | None = None,
     donate_state: bool = True,
 ) -> PrioritisedTrajectoryBuffer:
     """Makes a `PrioritisedTrajectoryBuffer`; the arguments are those of its constructor and
-    of Flashbax's `make_prioritised_trajectory_buffer` (without `device`: the write strategy
-    is chosen for every backend alike)."""
+    of Flashbax's `make_prioritised_trajectory_buffer`.
+
+    `device` is accepted so that Flashbax code runs unchanged, and ignored: Flashbax uses it
+    to pick a sum-tree update strategy per backend, while this buffer's writes (slices and a
+    deduplicated scatter) are the right choice on every backend.
+    """
+    del device
     return PrioritisedTrajectoryBuffer(
         add_batch_size=add_batch_size,
         sample_batch_size=sample_batch_size,
