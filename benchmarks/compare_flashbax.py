@@ -606,6 +606,7 @@ def bench_prioritised(results: Results, scale: Scale) -> None:
         del sampling
         results.add(Row(label.format(f"sample {batch}×{length}"), times["eqx"], times["fbx"]))
         # Priorities for one sample's worth of windows, as after a learning step.
+        assert eqx_state is not None and fbx_state is not None
         ours = eqx_buf.sample(eqx_state, jr.PRNGKey(8))
         theirs = jax.jit(fbx_buf.sample)(fbx_state, jr.PRNGKey(8))
         priorities = jnp.asarray(np.random.default_rng(9).uniform(0.1, 2.0, batch), jnp.float32)

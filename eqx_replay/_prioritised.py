@@ -164,15 +164,15 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         self, state: PrioritisedTrajectoryBufferState, batch: PyTree
     ) -> PrioritisedTrajectoryBufferState:
         """Appends a batch of trajectory pieces (see `TrajectoryBuffer.add`). Windows that
-        the write completes get the largest priority set so far; windows it writes into
-        without completing get priority zero."""
+        the write completes get the largest priority set so far and a new generation;
+        windows it overwrites get priority zero and a new generation."""
         where = "PrioritisedTrajectoryBuffer.add"
         self._check_state(where, state)
         steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
-        starts, touched = _ring.touched_window_starts(
+        starts, touched = _ring.changed_window_starts(
             state.current_index,
             steps,
             self.sample_sequence_length,
@@ -187,6 +187,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         shape = (self.add_batch_size, starts.shape[0])
         touched = jnp.broadcast_to(touched, shape).reshape(-1)
         complete = jnp.broadcast_to(complete, shape).reshape(-1)
+        # A window valid neither before nor after keeps its zero priority and generation.
+        touched = touched & (state.valid[items] | complete)
         # A start listed twice gets the same values twice, so the writes agree.
         dropped = jnp.where(touched, items, self._num_items)
         valid = state.valid.at[dropped].set(complete, mode="drop")

@@ -52,20 +52,30 @@ def window_complete(
     return (ahead >= length) & (is_full | (start < current_index))
 
 
-def touched_window_starts(
+def _grid_in(first: Int[Array, ""], size: int, period: int) -> tuple[Array, Array]:
+    """The multiples of `period` in `[first, first + size)`: a static number of candidates
+    and which of them are inside."""
+    start = -((-first) // period) * period  # the first multiple of `period` >= `first`
+    candidates = start + period * jnp.arange((size + period - 1) // period)
+    return candidates, candidates < first + size
+
+
+def changed_window_starts(
     current_index: Int[Array, ""], steps: int, length: int, period: int, capacity: int
 ) -> tuple[Int[Array, " windows"], Bool[Array, " windows"]]:
-    """Physical starts, on the grid of multiples of `period`, of every window of `length`
-    steps that overlaps a write of `steps` steps at `current_index`.
+    """Physical starts, on the grid of multiples of `period`, of the windows of `length`
+    steps whose validity or content a write of `steps` steps at `current_index` can change
+    while they are valid before or after it: the windows it completes (those ending inside
+    the write) and the windows it overwrites (those starting inside it). The other windows
+    it writes into cross the write head both before and after.
 
-    **Returns:** `(starts, mask)`: a static number of candidate starts and which of them are
-    real (the same physical start may appear twice when the range covers the whole ring).
+    **Returns:** `(starts, mask)`: a static number of candidates and which are real (a start
+    may be listed twice).
     """
-    first = current_index - length + 1
-    first = -((-first) // period) * period  # the first multiple of `period` >= `first`
-    count = (steps + length - 2) // period + 1
-    logical = first + period * jnp.arange(count)
-    return logical % capacity, logical <= current_index + steps - 1
+    completed, completed_mask = _grid_in(current_index - length + 1, steps, period)
+    overwritten, overwritten_mask = _grid_in(current_index, steps, period)
+    starts = jnp.concatenate([completed, overwritten]) % capacity
+    return starts, jnp.concatenate([completed_mask, overwritten_mask])
 
 
 def window_start(

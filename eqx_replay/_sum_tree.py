@@ -9,6 +9,7 @@ root disagrees with its leaves and samples land on zero-priority items).
 """
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
@@ -49,25 +50,23 @@ class SumTree(eqx.Module):
         When an item appears more than once among the kept updates, the last one wins, on
         every backend (a scatter with duplicate indices has no defined winner on GPU).
         """
-        k = indices.shape[0]
-        order = jnp.arange(k)
-        overwritten_later = (
-            (indices[:, None] == indices[None, :])
-            & keep[None, :]
-            & (order[:, None] < order[None, :])
-        ).any(axis=1)
-        write = keep & ~overwritten_later
+        write = keep & _last_occurrence(jnp.where(keep, indices, jnp.iinfo(jnp.int32).max))
         # Dropped writes point past the end of `nodes`, and stay there at every level.
         past_end = 2 * self.width
         node = jnp.where(write, self.width + indices, past_end)
         nodes = self.nodes.at[node].set(values, mode="drop")
-        for _ in range(self.depth):
+
+        def level(_: Int[Array, ""], carry: tuple[Array, Array]) -> tuple[Array, Array]:
+            nodes, node = carry
             node = jnp.where(write, node // 2, past_end)
-            children = nodes.at[2 * node].get(mode="fill", fill_value=0) + nodes.at[
-                2 * node + 1
-            ].get(mode="fill", fill_value=0)
+            # `nodes[2n]` and `nodes[2n + 1]`, the children of `n`, in one gather.
+            children = nodes.reshape(-1, 2).at[node].get(mode="fill", fill_value=0).sum(axis=1)
             # Siblings updated together write the same parent value: any order is fine.
-            nodes = nodes.at[node].set(children, mode="drop")
+            return nodes.at[node].set(children, mode="drop"), node
+
+        # A loop rather than unrolled levels: on CPU each level is a few tiny kernels, and a
+        # loop body runs them without a dispatch each.
+        nodes, _ = lax.fori_loop(0, self.depth, level, (nodes, node))
         return SumTree(nodes)
 
     def sample(
@@ -84,15 +83,28 @@ class SumTree(eqx.Module):
         """
         total = self.total()
         u = (jnp.arange(num) + jr.uniform(key, (num,))) / num * total
-        node = jnp.ones(num, jnp.int32)
-        for _ in range(self.depth):
-            left, right = self.nodes[2 * node], self.nodes[2 * node + 1]
+        pairs = self.nodes.reshape(-1, 2)  # row `n`: the children of node `n`
+
+        def level(_: Int[Array, ""], carry: tuple[Array, Array]) -> tuple[Array, Array]:
+            u, node = carry
+            left, right = pairs[node, 0], pairs[node, 1]
             go_right = ((u >= left) & (right > 0)) | (left <= 0)
-            u = jnp.where(go_right, u - left, u)
-            node = 2 * node + go_right.astype(jnp.int32)
+            return jnp.where(go_right, u - left, u), 2 * node + go_right.astype(jnp.int32)
+
+        u, node = lax.fori_loop(0, self.depth, level, (u, jnp.ones(num, jnp.int32)))
         items = node - self.width
         probabilities = jnp.where(total > 0, self.nodes[node] / jnp.where(total > 0, total, 1), 0)
         return items, probabilities
+
+
+def _last_occurrence(indices: Int[Array, " k"]) -> Bool[Array, " k"]:
+    """Whether each entry is the last one with its value: a stable sort keeps equal values
+    in their original order, so the last of each run of equal sorted values wins. O(k log k)
+    time and O(k) memory, for batches as large as the whole buffer."""
+    order = jnp.argsort(indices, stable=True)
+    ordered = indices[order]
+    last_of_run = jnp.append(ordered[1:] != ordered[:-1], True)
+    return jnp.zeros(indices.shape, bool).at[order].set(last_of_run)
 
 
 def empty_sum_tree(num_leaves: int) -> SumTree:

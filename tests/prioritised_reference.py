@@ -3,8 +3,8 @@
 Physical index `p` holds the newest global step `g` with `g % capacity == p`. An item is a
 window of `length` steps of one row starting at a physical multiple of `period`; it is valid
 when all its positions hold stored steps whose global times are consecutive. An add gives
-every window it writes into a new generation and the running maximum priority if valid, zero
-otherwise.
+every window it writes into that is valid before or after it a new generation, and the
+running maximum priority if valid after it, zero otherwise.
 """
 
 import numpy as np
@@ -50,11 +50,15 @@ class PrioritisedReference:
 
     def add(self, steps):
         written = {(self.total + j) % self.capacity for j in range(steps)}
+        starts = range(0, self.capacity, self.period)
+        valid_before = {start: self.window_times(start) is not None for start in starts}
         self.total += steps
-        for start in range(0, self.capacity, self.period):
+        for start in starts:
             window = {(start + j) % self.capacity for j in range(self.length)}
-            if window & written:
-                valid = self.window_times(start) is not None
+            valid = self.window_times(start) is not None
+            # A window written into that is valid neither before nor after keeps priority 0
+            # and its generation: no update could have been aimed at it.
+            if window & written and (valid or valid_before[start]):
                 for row in range(self.rows):
                     item = self.item(row, start)
                     self.generation[item] += 1

@@ -72,3 +72,15 @@ def test_quickstart_example_runs(typecheck):
         "(4, 8)",
         "(2, 4, 8, 2)",
     ]
+
+
+def test_prioritised_example_runs():
+    script = EXAMPLES / "prioritised_sequences.py"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and all(
+        line.startswith(f"step {i}: loss ") for i, line in enumerate(lines)
+    )
