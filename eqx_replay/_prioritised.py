@@ -194,7 +194,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         valid = state.valid.at[dropped].set(complete, mode="drop")
         generation = state.generation.at[dropped].set(state.generation[items] + 1, mode="drop")
         priority = jnp.where(complete, state.max_priority, 0.0)
-        priorities = state.priorities.set(items, priority, touched)
+        priorities = state.priorities.set(items, priority, touched, duplicates_agree=True)
         return PrioritisedTrajectoryBufferState(
             experience,
             current_index,

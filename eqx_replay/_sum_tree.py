@@ -43,14 +43,23 @@ class SumTree(eqx.Module):
         return self.nodes[self.width + indices]
 
     def set(
-        self, indices: Int[Array, " k"], values: Float[Array, " k"], keep: Bool[Array, " k"]
+        self,
+        indices: Int[Array, " k"],
+        values: Float[Array, " k"],
+        keep: Bool[Array, " k"],
+        *,
+        duplicates_agree: bool = False,
     ) -> "SumTree":
         """Sets the priority of item `indices[j]` to `values[j]` where `keep[j]`.
 
         When an item appears more than once among the kept updates, the last one wins, on
-        every backend (a scatter with duplicate indices has no defined winner on GPU).
+        every backend (a scatter with duplicate indices has no defined winner on GPU). With
+        `duplicates_agree=True` the caller promises that repeated items carry equal values,
+        and that resolution (a sort) is skipped.
         """
-        write = keep & _last_occurrence(jnp.where(keep, indices, jnp.iinfo(jnp.int32).max))
+        write = keep
+        if not duplicates_agree:
+            write = keep & _last_occurrence(jnp.where(keep, indices, jnp.iinfo(jnp.int32).max))
         # Dropped writes point past the end of `nodes`, and stay there at every level.
         past_end = 2 * self.width
         node = jnp.where(write, self.width + indices, past_end)
