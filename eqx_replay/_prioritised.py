@@ -3,7 +3,6 @@
 from typing import cast
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
@@ -135,16 +134,13 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
     def init(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         """Creates an empty state from one example step (see `TrajectoryBuffer.init`)."""
         check_example("PrioritisedTrajectoryBuffer.init", experience)
-        shape = (self.add_batch_size, self.max_length_time_axis)
-
-        def storage(leaf: ArrayLike) -> Array:
-            dtype = jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
-            return jnp.zeros(shape + jnp.shape(leaf), dtype)
-
+        storage, current_index, is_full = _ring.empty(
+            experience, self.add_batch_size, self.max_length_time_axis
+        )
         return PrioritisedTrajectoryBufferState(
-            experience=jtu.tree_map(storage, experience),
-            current_index=jnp.array(0, jnp.int32),
-            is_full=jnp.array(False),
+            experience=storage,
+            current_index=current_index,
+            is_full=is_full,
             priorities=empty_sum_tree(self._num_items),
             valid=jnp.zeros(self._num_items, bool),
             generation=jnp.zeros(self._num_items, jnp.int32),

@@ -12,7 +12,23 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.custom_batching import custom_vmap
-from jaxtyping import Array, Bool, Int, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Int, PyTree, Shaped
+
+
+def empty(
+    example: PyTree[ArrayLike], rows: int, capacity: int
+) -> tuple[PyTree[Shaped[Array, "rows capacity ..."]], Int[Array, ""], Bool[Array, ""]]:
+    """An empty ring for steps shaped like `example`: zeros `(rows, capacity, *leaf.shape)`
+    in each leaf's dtype, the write head at 0, not full.
+
+    **Returns:** `(storage, current_index, is_full)`.
+    """
+
+    def storage(leaf: ArrayLike) -> Array:
+        dtype = jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
+        return jnp.zeros((rows, capacity) + jnp.shape(leaf), dtype)
+
+    return jtu.tree_map(storage, example), jnp.array(0, jnp.int32), jnp.array(False)
 
 
 def advance(

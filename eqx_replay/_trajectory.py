@@ -4,8 +4,6 @@ as windows of consecutive steps on a period grid."""
 from typing import cast
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
@@ -125,16 +123,8 @@ class TrajectoryBuffer(eqx.Module):
         `(add_batch_size, max_length_time_axis, *leaf.shape)` and the leaf's dtype.
         """
         check_example("TrajectoryBuffer.init", experience)
-        shape = (self.add_batch_size, self.max_length_time_axis)
-
-        def storage(leaf: ArrayLike) -> Array:
-            dtype = jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
-            return jnp.zeros(shape + jnp.shape(leaf), dtype)
-
         return TrajectoryBufferState(
-            experience=jtu.tree_map(storage, experience),
-            current_index=jnp.array(0, jnp.int32),
-            is_full=jnp.array(False),
+            *_ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
         )
 
     def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
