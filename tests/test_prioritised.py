@@ -324,3 +324,39 @@ def test_composes(transform):
     assert tree_allclose(to_numpy(state), to_numpy(expected_state))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
     assert bool(eqx.tree_equal(buffer, make(2, 8, 2, 2, samples=4)))
+
+
+def test_pmap_matches_one_buffer_per_device():
+    buffer = make(2, 8, 2, 2, samples=4)
+    data = jnp.stack([steps_batch(2, 4 * i, 4)["step"] for i in range(3)])
+    states = jax.pmap(buffer.init)({"step": jnp.zeros(2, jnp.int32)})
+    for step in data:
+        states = jax.pmap(buffer.add)(states, {"step": jnp.stack([step, step + 7])})
+    keys = jax.random.split(jax.random.key(0), 2)
+    samples = jax.pmap(buffer.sample)(states, keys)
+    states = jax.pmap(buffer.set_priorities)(states, samples.indices, jnp.ones((2, 4)) * 3)
+    for device in range(2):
+        state = buffer.init(EXAMPLE)
+        for step in data:
+            state = buffer.add(state, {"step": step + 7 * device})
+        sample = buffer.sample(state, keys[device])
+        state = buffer.set_priorities(state, sample.indices, jnp.ones(4) * 3)
+        assert tree_allclose(to_numpy(jax.tree.map(lambda x: x[device], states)), to_numpy(state))
+
+
+def test_no_retracing(monkeypatch):
+    import eqx_replay._ring as ring
+    import eqx_replay._sum_tree as sum_tree
+
+    buffer = make(1, 22, 2, 2, samples=3)  # a capacity no other test uses
+    traced_add = eqx.debug.assert_max_traces(ring.changed_window_starts, max_traces=1)
+    traced_tree = eqx.debug.assert_max_traces(sum_tree._last_occurrence, max_traces=1)
+    monkeypatch.setattr(ring, "changed_window_starts", traced_add)
+    monkeypatch.setattr(sum_tree, "_last_occurrence", traced_tree)
+    state = buffer.init(EXAMPLE)
+    for i in range(12):
+        state = buffer.add(state, steps_batch(1, 3 * i, 3))
+        sample = buffer.sample(state, jax.random.key(i))
+        state = buffer.set_priorities(state, sample.indices, jnp.ones(3))
+    assert eqx.debug.get_num_traces(traced_add) == 1
+    assert eqx.debug.get_num_traces(traced_tree) == 1
