@@ -381,36 +381,11 @@ def record_sample(results: Results, label: str, times: dict[str, float], out_byt
 # Rows a-e, in this process
 
 
-def bench_add(results: Results, scale: Scale) -> None:
-    example = example_step((scale.obs_dim,), jnp.float32)
-    batch, length, period = scale.samples[0]
-    for capacity in scale.add_capacities:
-        log(f"[a] add {scale.rows}×1 at {capacity:,} steps")
-        eqx_buf, fbx_buf = buffers(
-            add_batch_size=scale.rows,
-            sample_batch_size=batch,
-            sample_sequence_length=length,
-            period=period,
-            min_length_time_axis=length,
-            max_size=capacity,
-        )
-        steps = random_batch(example, scale.rows, 1)
-        runners = {
-            "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_buf.init(example), steps),
-            "fbx": AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps),
-            "fbx_donated": AddRunner(
-                jax.jit(fbx_buf.add, donate_argnums=0), fbx_buf.init(example), steps
-            ),
-        }
-        times = measure(runners, scale)
-        del runners
-        label = f"a. add {scale.rows}×1 @ {capacity:,}"
-        results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
-        results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
-
-
-def bench_add_chunk(results: Results, scale: Scale) -> None:
-    log(f"[b] add {scale.rows}×{scale.chunk} at {scale.capacity:,} steps")
+def bench_add_rows(
+    results: Results, scale: Scale, letter: str, capacity: int, steps_per_add: int
+) -> None:
+    """eqx_replay's add against Flashbax's, as the seed uses it and donated."""
+    log(f"[{letter}] add {scale.rows}×{steps_per_add} at {capacity:,} steps")
     example = example_step((scale.obs_dim,), jnp.float32)
     batch, length, period = scale.samples[0]
     eqx_buf, fbx_buf = buffers(
@@ -419,9 +394,9 @@ def bench_add_chunk(results: Results, scale: Scale) -> None:
         sample_sequence_length=length,
         period=period,
         min_length_time_axis=length,
-        max_size=scale.capacity,
+        max_size=capacity,
     )
-    steps = random_batch(example, scale.rows, scale.chunk)
+    steps = random_batch(example, scale.rows, steps_per_add)
     runners = {
         "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_buf.init(example), steps),
         "fbx": AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps),
@@ -431,7 +406,7 @@ def bench_add_chunk(results: Results, scale: Scale) -> None:
     }
     times = measure(runners, scale)
     del runners
-    label = f"b. add {scale.rows}×{scale.chunk} @ {scale.capacity:,}"
+    label = f"{letter}. add {scale.rows}×{steps_per_add} @ {capacity:,}"
     results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
     results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
 
@@ -971,8 +946,9 @@ def main() -> None:
     log("[c] copy bandwidth")
     results.bandwidth = copy_bandwidth(scale.copy_bytes)
     log(f"    {results.bandwidth / 1e9:.2f} GB/s (read + write)")
-    bench_add(results, scale)
-    bench_add_chunk(results, scale)
+    for capacity in scale.add_capacities:
+        bench_add_rows(results, scale, "a", capacity, steps_per_add=1)
+    bench_add_rows(results, scale, "b", scale.capacity, steps_per_add=scale.chunk)
     bench_sample_and_scan(results, scale)
     bench_readme(results, scale, rows=scale.readme_rows, with_copying=True)
     bench_readme(results, scale, rows=1, with_copying=False)

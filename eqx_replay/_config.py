@@ -18,6 +18,13 @@ def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     return as_int
 
 
+def donate_flag(donate_state: object) -> bool:
+    """Validates `donate_state`."""
+    if not isinstance(donate_state, bool):
+        raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
+    return donate_state
+
+
 def trajectory_config(
     *,
     add_batch_size: object,

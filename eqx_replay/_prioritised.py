@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, 
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_priorities, check_state
-from ._config import prioritised_config
+from ._config import donate_flag, prioritised_config
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sum_tree import empty_sum_tree, SumTree
@@ -114,9 +114,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             max_size=max_size,
             max_length_time_axis=max_length_time_axis,
         )
-        if not isinstance(donate_state, bool):
-            raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
-        self.donate_state = donate_state
+        self.donate_state = donate_flag(donate_state)
 
     @property
     def _starts_per_row(self) -> int:

@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_state
-from ._config import trajectory_config
+from ._config import donate_flag, trajectory_config
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._random import below
@@ -107,9 +107,7 @@ class TrajectoryBuffer(eqx.Module):
             max_size=max_size,
             max_length_time_axis=max_length_time_axis,
         )
-        if not isinstance(donate_state, bool):
-            raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
-        self.donate_state = donate_state
+        self.donate_state = donate_flag(donate_state)
 
     def init(self, experience: PyTree) -> TrajectoryBufferState:
         """Creates an empty state.
