@@ -838,6 +838,8 @@ def markdown(results: Results, scale: Scale, command: str, header: tuple[str, st
             f"{achieved / 1e9:.2f} GB/s | {bandwidth / achieved:.1f}× |"
         )
 
+    if not results.memory:  # a partial run (`--only`) without rows f and g
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "## Peak memory while filling (row f)",
@@ -920,6 +922,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--rounds", type=int, help="timed rounds per row")
     parser.add_argument("--block", type=float, help="seconds per timed block")
+    parser.add_argument(
+        "--only", default="abcdefgh", help="the row letters to run, e.g. `--only ch`"
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -941,18 +946,25 @@ def main() -> None:
     header = (machine(), versions())
     print(f"Machine: {header[0]}\nVersions: {header[1]}\nScale: {scale.name}", flush=True)
 
+    only = set(args.only)
     results = Results()
-    bench_subprocesses(results, scale)  # first, while this process holds no big buffers
+    if only & set("fg"):
+        bench_subprocesses(results, scale)  # first, while this process holds no big buffers
     log("[c] copy bandwidth")
     results.bandwidth = copy_bandwidth(scale.copy_bytes)
     log(f"    {results.bandwidth / 1e9:.2f} GB/s (read + write)")
-    for capacity in scale.add_capacities:
-        bench_add_rows(results, scale, "a", capacity, steps_per_add=1)
-    bench_add_rows(results, scale, "b", scale.capacity, steps_per_add=scale.chunk)
-    bench_sample_and_scan(results, scale)
-    bench_readme(results, scale, rows=scale.readme_rows, with_copying=True)
-    bench_readme(results, scale, rows=1, with_copying=False)
-    bench_prioritised(results, scale)
+    if "a" in only:
+        for capacity in scale.add_capacities:
+            bench_add_rows(results, scale, "a", capacity, steps_per_add=1)
+    if "b" in only:
+        bench_add_rows(results, scale, "b", scale.capacity, steps_per_add=scale.chunk)
+    if only & set("cd"):
+        bench_sample_and_scan(results, scale)
+    if "e" in only:
+        bench_readme(results, scale, rows=scale.readme_rows, with_copying=True)
+        bench_readme(results, scale, rows=1, with_copying=False)
+    if "h" in only:
+        bench_prioritised(results, scale)
 
     results.rows.sort(key=lambda row: row.label[0])  # by the letters, a to g
     elapsed = time.perf_counter() - started
@@ -962,7 +974,8 @@ def main() -> None:
     print(text, flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "compare_flashbax" + ("_tiny" if args.tiny else "")
+    partial = only != set("abcdefgh")
+    stem = "compare_flashbax" + ("_tiny" if args.tiny else "") + ("_partial" if partial else "")
     (args.out / f"{stem}.md").write_text(text)
     plot(results, args.out / f"{stem}.png", f"eqx_replay / Flashbax — {header[0]}")
     print(f"Wrote {args.out / stem}.md and .png", flush=True)

@@ -6,12 +6,16 @@ leaf is NaN (floating and complex dtypes), the dtype's largest value (integers) 
 NaN at once. We do not raise with `eqx.error_if`: on CPU a program that contains its host
 callback runs several times slower even when the callback is never called (measured in
 `benchmarks/sample_guard_cost.py`), and that would slow every training step that samples.
-The poison is one `select` fused into the gather, a few microseconds per call.
+The poison is written by a loop that runs only when the buffer cannot be sampled, so a call
+that can sample pays a predicate test, about a microsecond.
 """
 
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, Bool, Shaped
+from jaxtyping import Array, Bool, PyTree, Shaped
+
+from ._control import run_if
 
 
 def poison(dtype: np.dtype) -> Array:
@@ -25,6 +29,10 @@ def poison(dtype: np.dtype) -> Array:
     raise TypeError(f"no poison value for dtype {dtype}")
 
 
-def poison_unless(ok: Bool[Array, ""], x: Shaped[Array, "..."]) -> Shaped[Array, "..."]:
-    """`x` where `ok`, otherwise `x`'s shape filled with poison."""
-    return jnp.where(ok, x, poison(x.dtype))
+def poison_unless(
+    ok: Bool[Array, ""], x: PyTree[Shaped[Array, "..."]]
+) -> PyTree[Shaped[Array, "..."]]:
+    """`x` where `ok`, otherwise every leaf of `x` filled with poison."""
+    return run_if(
+        ~ok, lambda x: jtu.tree_map(lambda leaf: jnp.full_like(leaf, poison(leaf.dtype)), x), x
+    )

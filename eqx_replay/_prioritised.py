@@ -4,7 +4,6 @@ from typing import cast
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
@@ -230,12 +229,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         items = jnp.minimum(items, self._num_items - 1)  # only when the total is zero
         rows, grid = jnp.divmod(items, self._starts_per_row)
         ok = self._can_sample(state)
-        experience = jtu.tree_map(
-            lambda store: poison_unless(
-                ok,
-                _ring.read(store, rows, grid * self.period, self.sample_sequence_length),
-            ),
-            state.experience,
+        experience = poison_unless(
+            ok, _ring.read(state.experience, rows, grid * self.period, self.sample_sequence_length)
         )
         indices = (state.generation[items] % self._generations) * self._num_items + items
         return PrioritisedTrajectoryBufferSample(

@@ -1,16 +1,76 @@
-"""Uniform random indices from one draw of random bits.
+"""Random bits, uniform floats and exact uniform indices for `sample`.
 
-`jax.random.randint` splits its key and draws bits twice per call; on CPU each draw is a
-rolled threefry loop, so drawing a window and a row that way costs ~30 us per `sample` of
-fixed overhead. Here every index comes from one `jax.random.bits` call, and is exact: the
-index below `n` is `floor(u * n)` for a uniform 64-bit fraction `u`, computed in 32-bit
-integer arithmetic (JAX without `jax_enable_x64` has no 64-bit integers), so no index is
-more likely than another by more than `n / 2**64`.
+`jax.random.randint` splits its key and draws bits twice per call, and on CPU JAX lowers each
+draw's Threefry-2x32 hash as a rolled loop of five iterations (to keep compile times short
+for large programs). Drawing a window and a row that way cost ~30 us of fixed overhead per
+`sample`, more than a small sample's gather. Here:
+
+- `bits` returns exactly `jax.random.bits(key, shape, jnp.uint32)` for Threefry keys (the
+  default), but computes the hash straight-line, which XLA fuses into one loop: ~10 us
+  instead of ~30 us for a few hundred draws. Other key kinds go to `jax.random.bits`.
+- `below` makes every index of a call from one `bits` draw, exactly: the index below `n` is
+  `floor(u * n)` for a uniform 64-bit fraction `u`, computed in 32-bit integer arithmetic
+  (JAX without `jax_enable_x64` has no 64-bit integers), so no index is more likely than
+  another by more than `n / 2**64`.
 """
 
+import math
+
+import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray, UInt32
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, UInt32
+
+
+# Threefry-2x32 with 20 rounds (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+# SC 2011): the rotation constants of its two alternating groups of four rounds, and the
+# key-schedule parity constant.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _threefry2x32(
+    key: UInt32[Array, "2"], high: UInt32[Array, "*n"], low: UInt32[Array, "*n"]
+) -> tuple[UInt32[Array, "*n"], UInt32[Array, "*n"]]:
+    """The Threefry-2x32 hash of the counters `(high, low)` under `key`."""
+    schedule = (key[0], key[1], key[0] ^ key[1] ^ _PARITY)
+    x0, x1 = high + schedule[0], low + schedule[1]
+    for injection in range(1, 6):
+        for rotation in _ROTATIONS[(injection - 1) % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(rotation)) | (x1 >> np.uint32(32 - rotation)))
+        x0 = x0 + schedule[injection % 3]
+        x1 = x1 + schedule[(injection + 1) % 3] + np.uint32(injection)
+    return x0, x1
+
+
+def _threefry_key(key: PRNGKeyArray) -> UInt32[Array, "2"] | None:
+    """The key's two words when it is a Threefry key, else None."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jr.key_data(key) if str(jr.key_impl(key)) == "threefry2x32" else None
+    default = jax.config.jax_default_prng_impl  # pyright: ignore[reportAttributeAccessIssue]
+    return key if key.shape == (2,) and default == "threefry2x32" else None
+
+
+def bits(key: PRNGKeyArray, shape: tuple[int, ...]) -> UInt32[Array, "*shape"]:
+    """Exactly `jax.random.bits(key, shape, jnp.uint32)`, computed without a loop."""
+    words = _threefry_key(key)
+    size = math.prod(shape)
+    partitionable = jax.config.jax_threefry_partitionable  # pyright: ignore[reportAttributeAccessIssue]
+    if words is None or not partitionable or size >= 2**32:
+        return jr.bits(key, shape, jnp.uint32)
+    # JAX's counters are the flat element indices, as (high, low) 32-bit words.
+    low = jnp.arange(size, dtype=jnp.uint32)
+    high, low = _threefry2x32(words, jnp.zeros_like(low), low)
+    return (high ^ low).reshape(shape)
+
+
+def uniform(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*shape"]:
+    """Exactly `jax.random.uniform(key, shape)` (float32 in `[0, 1)`), from `bits`."""
+    mantissa = bits(key, shape) >> np.uint32(32 - 23)
+    one = np.float32(1.0).view(np.uint32)
+    return jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - np.float32(1.0)
 
 
 def _multiply(
@@ -41,8 +101,8 @@ def below(
 ) -> tuple[Int[Array, "..."], ...]:
     """For each bound `n`, independent integers uniform in `[0, n)` of the given shape (all
     zeros where `n == 0`), from a single draw of random bits."""
-    bits = jr.bits(key, (len(bounds), 2, *shape), jnp.uint32)
+    words = bits(key, (len(bounds), 2, *shape))
     return tuple(
         scale(high_word, low_word, jnp.asarray(bound).astype(jnp.uint32)).astype(jnp.int32)
-        for (high_word, low_word), bound in zip(bits, bounds)
+        for (high_word, low_word), bound in zip(words, bounds)
     )

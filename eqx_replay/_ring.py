@@ -5,14 +5,14 @@ along the time axis at the write head, wrapping around; reads take windows of co
 steps that start on the period grid, counted from the oldest step still stored.
 """
 
-from collections.abc import Callable
-
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.custom_batching import custom_vmap
 from jaxtyping import Array, ArrayLike, Bool, Int, PyTree, Shaped
+
+from ._control import for_each_true, run_if
 
 
 def empty(
@@ -126,22 +126,16 @@ def write(
     return _write_steps(storage, steps, current_index)
 
 
-def _run_if(pred: Bool[Array, ""], body: Callable[[Array], Array], x: Array) -> Array:
-    # `body(x)` if `pred` else `x`, as a while loop of at most one iteration: XLA updates a
-    # loop's carry in place, where a `lax.cond` copies its operand on CPU.
-    return lax.while_loop(lambda c: c[0], lambda c: (jnp.array(False), body(c[1])), (pred, x))[1]
-
-
 @custom_vmap
 def _write_steps(storage: Array, steps: Array, current_index: Array) -> Array:
     capacity, num_steps = storage.shape[1], steps.shape[1]
     wraps = current_index + num_steps > capacity
-    storage = _run_if(
+    storage = run_if(
         ~wraps,
         lambda s: lax.dynamic_update_slice_in_dim(s, steps, current_index, axis=1),
         storage,
     )
-    return _run_if(wraps, lambda s: _write_wrapping(s, steps, current_index), storage)
+    return run_if(wraps, lambda s: _write_wrapping(s, steps, current_index), storage)
 
 
 @_write_steps.def_vmap
@@ -196,13 +190,44 @@ def append(
 
 
 def read(
-    storage: Shaped[Array, "rows capacity *item"],
+    storage: PyTree[Shaped[Array, "rows capacity ..."]],
     rows: Int[Array, " samples"],
     starts: Int[Array, " samples"],
     length: int,
-) -> Shaped[Array, "samples length *item"]:
-    """Reads, for each sample, `length` consecutive steps of row `rows[i]` from time
-    `starts[i]`, wrapping around the ring."""
-    capacity = storage.shape[1]
-    times = (starts[:, None] + jnp.arange(length)) % capacity
-    return storage[rows[:, None], times]
+) -> PyTree[Shaped[Array, "samples {length} ..."]]:
+    """Reads, for each sample `i` and every leaf, the `length` consecutive steps of row
+    `rows[i]` from time `starts[i]`, wrapping around the ring. Requires `length <= capacity`.
+
+    Each window is read as one contiguous slice (a gather of `(1, length, ...)` blocks),
+    which XLA runs about a third faster than a gather of single steps. A slice cannot wrap:
+    `dynamic_slice` moves a start past `capacity - length` back to it, so the few windows
+    that wrap (about `samples * (length - 1) / capacity` per call) are read again step by
+    step, one loop iteration each, written over the sample in place.
+    """
+    capacity = jtu.tree_leaves(storage)[0].shape[1]
+    # One (row, start) pair per sample, shared by the gathers of every leaf.
+    where = jnp.stack([rows, starts], axis=1)
+
+    def windows(store: Array) -> Array:
+        trailing = tuple(range(2, store.ndim))
+        numbers = lax.GatherDimensionNumbers(
+            offset_dims=(1, *trailing), collapsed_slice_dims=(0,), start_index_map=(0, 1)
+        )
+        return lax.gather(
+            store,
+            where,
+            numbers,
+            (1, length, *store.shape[2:]),
+            mode=lax.GatherScatterMode.CLIP,
+        )
+
+    def reread(i: Array, out: PyTree[Array]) -> PyTree[Array]:
+        times = (starts[i] + jnp.arange(length)) % capacity
+        return jtu.tree_map(
+            lambda o, store: lax.dynamic_update_index_in_dim(o, store[rows[i], times], i, 0),
+            out,
+            storage,
+        )
+
+    out = jtu.tree_map(windows, storage)
+    return for_each_true(starts > capacity - length, reread, out)

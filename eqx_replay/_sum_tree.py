@@ -11,8 +11,9 @@ root disagrees with its leaves and samples land on zero-priority items).
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from ._random import uniform
 
 
 class SumTree(eqx.Module):
@@ -91,7 +92,7 @@ class SumTree(eqx.Module):
         total is zero).
         """
         total = self.total()
-        u = (jnp.arange(num) + jr.uniform(key, (num,))) / num * total
+        u = (jnp.arange(num) + uniform(key, (num,))) / num * total
         pairs = self.nodes.reshape(-1, 2)  # row `n`: the children of node `n`
 
         def level(_: Int[Array, ""], carry: tuple[Array, Array]) -> tuple[Array, Array]:

@@ -4,7 +4,6 @@ as windows of consecutive steps on a period grid."""
 from typing import cast
 
 import equinox as eqx
-import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
@@ -196,11 +195,8 @@ class TrajectoryBuffer(eqx.Module):
         window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
         starts = _ring.window_start(window, state.current_index, state.is_full, capacity, period)
         ok = self._can_sample(state)
-        experience = jtu.tree_map(
-            lambda store: poison_unless(
-                ok, _ring.read(store, rows, starts, self.sample_sequence_length)
-            ),
-            state.experience,
+        experience = poison_unless(
+            ok, _ring.read(state.experience, rows, starts, self.sample_sequence_length)
         )
         return TrajectoryBufferSample(experience)
 

@@ -63,3 +63,13 @@ def test_sample_has_no_host_callback():
     hlo = buffer.sample.lower(state, jax.random.key(0)).compile().as_text()  # pyright: ignore[reportFunctionMemberAccess] # a jitted function
     assert "custom-call(" not in hlo
     assert "scatter" not in hlo
+
+
+def test_sample_gathers_whole_windows_without_copying_the_storage():
+    buffer, state = buffer_and_state()
+    hlo = buffer.sample.lower(state, jax.random.key(0)).compile().as_text()  # pyright: ignore[reportFunctionMemberAccess] # a jitted function
+    # One gather per leaf reads whole windows of `sample_sequence_length` steps, and the
+    # gather that re-reads the rare wrapping windows runs inside a loop.
+    windows = re.findall(r"slice_sizes=\{1,4(?:,64)?\}", hlo)
+    assert len(windows) == len(EXAMPLE)
+    assert storage_copies(hlo) == []

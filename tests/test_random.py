@@ -4,10 +4,11 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.stats
 from hypothesis import given, settings
 
-from eqx_replay._random import below, scale
+from eqx_replay._random import below, bits, scale, uniform
 
 
 words = st.integers(0, 2**32 - 1)
@@ -36,3 +37,31 @@ def test_below_is_uniform_and_independent():
 def test_zero_bound_gives_zeros():
     (out,) = below(jax.random.key(0), (5,), (jnp.int32(0),))
     assert out.tolist() == [0] * 5
+
+
+KEYS = {
+    "key": jax.random.key(7),
+    "PRNGKey": jax.random.PRNGKey(3),
+    "split key": jax.random.split(jax.random.key(2))[1],
+    "rbg key": jax.random.key(1, impl="rbg"),
+}
+
+
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS.keys())
+@pytest.mark.parametrize("shape", [(1,), (5,), (2, 2, 256), (3, 4, 5)])
+def test_bits_and_uniform_are_jax_random_bits_and_uniform(key, shape):
+    assert np.array_equal(jax.jit(bits, static_argnums=1)(key, shape), jax.random.bits(key, shape))
+    assert np.array_equal(
+        jax.jit(uniform, static_argnums=1)(key, shape), jax.random.uniform(key, shape)
+    )
+
+
+def test_bits_under_vmap():
+    keys = jax.random.split(jax.random.key(0), 4)
+    ours = jax.vmap(lambda k: bits(k, (7,)))(keys)
+    assert np.array_equal(ours, jax.vmap(lambda k: jax.random.bits(k, (7,)))(keys))
+
+
+def test_bits_has_no_loop():
+    hlo = jax.jit(lambda k: bits(k, (2, 2, 256))).lower(jax.random.key(0)).compile().as_text()
+    assert " while(" not in hlo
