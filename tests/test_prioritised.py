@@ -14,6 +14,7 @@ import scipy.stats
 from hypothesis import given, settings
 
 import eqx_replay
+import eqx_replay._sum_tree as sum_tree
 
 from .helpers import quiet, to_numpy, tree_allclose
 from .prioritised_reference import PrioritisedReference
@@ -51,12 +52,21 @@ def check_against(state, ref):
     leaves = np.asarray(state.priorities.get(jnp.arange(ref.num_items)))
     np.testing.assert_allclose(leaves, ref.priority, rtol=1e-6)
     np.testing.assert_allclose(float(state.max_priority), ref.max_priority, rtol=1e-6)
-    # The tree's internal nodes are the sums of their children, exactly.
-    nodes = np.asarray(state.priorities.nodes)
-    width = nodes.shape[0] // 2
-    np.testing.assert_array_equal(
-        nodes[1:width], nodes[2 : 2 * width : 2] + nodes[3 : 2 * width : 2]
-    )
+    check_tree(state.priorities)
+
+
+def check_tree(tree):
+    """Every group sum is the float32 sum of its children, recomputed, not accumulated."""
+    nodes, start = np.asarray(tree.nodes), 0
+    sizes = sum_tree._level_sizes(tree.num_leaves)
+    for below, above in zip(sizes, sizes[1:]):
+        children = nodes[start : start + below].reshape(-1, sum_tree.FANOUT)
+        sums = nodes[start + below : start + below + above]
+        np.testing.assert_allclose(sums[: len(children)], children.sum(axis=1), rtol=1e-6)
+        assert (sums[len(children) :] == 0).all() and (children.sum(axis=1) > 0).tolist() == (
+            sums[: len(children)] > 0
+        ).tolist()
+        start += below
 
 
 def check_sample(buffer, state, ref, sample):
@@ -173,7 +183,7 @@ def test_zero_total_never_gives_nan():
 
 def test_sum_tree_stays_exact_and_never_samples_zero():
     # The note reports the same at 10**6 updates; 2 * 10**4 here keeps the suite fast.
-    tree = eqx_replay.SumTree(jnp.zeros(2 * 1024))
+    tree = eqx_replay.SumTree.zeros(1000)
     rng = np.random.default_rng(0)
 
     @jax.jit
@@ -191,7 +201,8 @@ def test_sum_tree_stays_exact_and_never_samples_zero():
     tree, _ = jax.lax.scan(
         body, tree, jax.random.split(jax.random.key(int(rng.integers(99))), 20_000)
     )
-    leaves = np.asarray(tree.nodes[1024:], np.float64)
+    check_tree(tree)
+    leaves = np.asarray(tree.get(jnp.arange(1000)), np.float64)
     assert abs(float(tree.total()) - leaves.sum()) <= 1e-6 * leaves.sum()
     items, probabilities = tree.sample(jax.random.key(5), 100_000)
     assert (leaves[np.asarray(items)] > 0).all()
@@ -201,7 +212,7 @@ def test_sum_tree_stays_exact_and_never_samples_zero():
 
 
 def test_duplicate_indices_last_wins():
-    tree = eqx_replay.SumTree(jnp.zeros(16))
+    tree = eqx_replay.SumTree.zeros(16)
     tree = tree.set(
         jnp.array([3, 5, 3, 3]),
         jnp.array([1.0, 2.0, 3.0, 4.0]),
@@ -346,7 +357,6 @@ def test_pmap_matches_one_buffer_per_device():
 
 def test_no_retracing(monkeypatch):
     import eqx_replay._ring as ring
-    import eqx_replay._sum_tree as sum_tree
 
     buffer = make(1, 22, 2, 2, samples=3)  # a capacity no other test uses
     traced_add = eqx.debug.assert_max_traces(ring.changed_window_starts, max_traces=1)
@@ -360,3 +370,25 @@ def test_no_retracing(monkeypatch):
         state = buffer.set_priorities(state, sample.indices, jnp.ones(3))
     assert eqx.debug.get_num_traces(traced_add) == 1
     assert eqx.debug.get_num_traces(traced_tree) == 1
+
+
+def test_deep_tree_samples_in_proportion_and_never_zero():
+    # 40,000 items: four levels of groups of 32; 50 positive items spread over them.
+    rng = np.random.default_rng(1)
+    items = rng.choice(40_000, 50, replace=False)
+    values = rng.uniform(0.1, 3.0, 50).astype(np.float32)
+    tree = eqx_replay.SumTree.zeros(40_000).set(
+        jnp.asarray(items), jnp.asarray(values), jnp.ones(50, bool)
+    )
+    assert len(sum_tree._level_sizes(40_000)) == 4
+    check_tree(tree)
+    drawn, probabilities = jax.jit(lambda t, k: t.sample(k, 50_000))(tree, jax.random.key(2))
+    drawn = np.asarray(drawn)
+    assert set(drawn.tolist()) <= set(items.tolist())
+    counts = np.array([(drawn == i).sum() for i in items])
+    assert scipy.stats.chisquare(counts, values / values.sum() * len(drawn)).pvalue > 1e-6
+    np.testing.assert_allclose(
+        np.asarray(probabilities),
+        np.asarray(tree.get(jnp.asarray(drawn))) / values.sum(),
+        rtol=1e-5,
+    )
