@@ -18,7 +18,8 @@ def _path(path: tuple[Any, ...]) -> str:
     return jtu.keystr(path) if path else "<root>"
 
 
-def _shape(shape: tuple[int, ...]) -> str:
+def shape_str(shape: tuple[int, ...]) -> str:
+    """A shape as Python writes a tuple: `()`, `(3,)`, `(3, 4)`."""
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
@@ -86,7 +87,7 @@ def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: in
             or not 1 <= shape[1] <= max_steps
         ):
             raise ValueError(
-                f"`{where}`: leaf {name} has shape {_shape(shape)}; expected {expected} "
+                f"`{where}`: leaf {name} has shape {shape_str(shape)}; expected {expected} "
                 f"with 1 <= t <= {max_steps}"
             )
         if leaf.dtype != store.dtype:

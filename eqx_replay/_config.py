@@ -3,6 +3,10 @@
 import math
 import operator
 import warnings
+from collections.abc import Callable
+from typing import Any, cast, get_args, Literal
+
+from jaxtyping import PyTree
 
 
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -134,3 +138,39 @@ def prioritised_config(
                 f"to a multiple of `period` ({rounded} steps per row)"
             )
     return (rows, samples, length, period, min_length, rounded), exponent
+
+
+Boundary = Literal["ignore", "mask", "strict"]
+BOUNDARIES: tuple[Boundary, ...] = get_args(Boundary)
+
+
+def episode_config(
+    *, episode_end: object, boundary: object
+) -> tuple[Callable[[PyTree], Any] | None, Boundary]:
+    """Validates how a buffer treats episode boundaries.
+
+    `boundary="mask"` (and `"strict"`) need `episode_end`; with `"ignore"` an `episode_end`
+    is allowed and unused.
+
+    **Returns:** `(episode_end, boundary)`.
+    """
+    allowed = ", ".join(repr(b) for b in BOUNDARIES)
+    if not isinstance(boundary, str):
+        raise TypeError(f"`boundary` must be one of {allowed}; got {boundary!r}")
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"`boundary` must be one of {allowed}; got {boundary!r}")
+    if episode_end is not None and not callable(episode_end):
+        raise TypeError(
+            "`episode_end` must be a function from a step of experience to its boolean "
+            "episode-end leaf, e.g. `lambda step: step['done']`; got "
+            f"{type(episode_end).__name__} {episode_end!r}"
+        )
+    if boundary != "ignore" and episode_end is None:
+        raise ValueError(
+            f"`boundary={boundary!r}` needs `episode_end`, a function from a step of "
+            "experience to its boolean episode-end leaf, e.g. "
+            "`episode_end=lambda step: step['done']`"
+        )
+    if boundary == "strict":
+        raise NotImplementedError("boundary='strict' is not implemented yet")
+    return episode_end, cast(Boundary, boundary)

@@ -1,6 +1,7 @@
 """The prioritised trajectory buffer: windows sampled in proportion to their priority."""
 
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, 
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_priorities, check_state
-from ._config import donate_flag, prioritised_config
+from ._config import Boundary, donate_flag, episode_config, prioritised_config
+from ._episodes import check_ends, sample_mask
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sum_tree import empty_sum_tree, SumTree
@@ -46,11 +48,13 @@ class PrioritisedTrajectoryBufferSample(eqx.Module):
     - `indices`: a handle per window, to pass back to `set_priorities`; it names the item and
       its generation, so an update for a window overwritten since is ignored.
     - `probabilities`: the probability with which each window was drawn.
+    - `mask`: with `boundary="mask"`, as in `TrajectoryBufferSample`; None otherwise.
     """
 
     experience: PyTree[Shaped[Array, "sample_batch sample_time ..."]]
     indices: Int[Array, " sample_batch"]
     probabilities: Float[Array, " sample_batch"]
+    mask: Bool[Array, "sample_batch sample_time"] | None = None
 
 
 class PrioritisedTrajectoryBuffer(eqx.Module):
@@ -73,6 +77,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
     max_length_time_axis: int = eqx.field(static=True)
     priority_exponent: float = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
+    episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
+    boundary: Boundary = eqx.field(static=True)
 
     def __init__(
         self,
@@ -85,6 +91,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         max_length_time_axis: int | None = None,
         priority_exponent: float = 0.6,
         donate_state: bool = True,
+        episode_end: Callable[[PyTree], Any] | None = None,
+        boundary: Boundary = "ignore",
     ):
         """**Arguments:** those of `TrajectoryBuffer`, and
 
@@ -114,6 +122,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             max_length_time_axis=max_length_time_axis,
         )
         self.donate_state = donate_flag(donate_state)
+        self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
 
     @property
     def _starts_per_row(self) -> int:
@@ -130,7 +139,9 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
 
     def init(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         """Creates an empty state from one example step (see `TrajectoryBuffer.init`)."""
-        check_example("PrioritisedTrajectoryBuffer.init", experience)
+        where = "PrioritisedTrajectoryBuffer.init"
+        check_example(where, experience)
+        check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
         storage, current_index, is_full = _ring.empty(
             experience, self.add_batch_size, self.max_length_time_axis
         )
@@ -162,6 +173,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         where = "PrioritisedTrajectoryBuffer.add"
         self._check_state(where, state)
         steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        leading = (self.add_batch_size, steps)
+        check_ends(where, self.episode_end, self.boundary, batch, leading, "the batch")
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
@@ -217,7 +230,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         the `j`-th draw falls in the `j`-th of equal slices of the total priority).
 
         When `can_sample` is false the windows are poison (see `TrajectoryBuffer.sample`)
-        and the probabilities zero, never NaN.
+        and the probabilities zero, never NaN. With `boundary="mask"` the sample carries
+        a `mask` (see `TrajectoryBufferSample`).
 
         **Returns:** a `PrioritisedTrajectoryBufferSample`.
         """
@@ -229,12 +243,15 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         items = jnp.minimum(items, self._num_items - 1)  # only when the total is zero
         rows, grid = jnp.divmod(items, self._starts_per_row)
         ok = self._can_sample(state)
-        experience = poison_unless(
-            ok, _ring.read(state.experience, rows, grid * self.period, self.sample_sequence_length)
+        length = self.sample_sequence_length
+        windows = _ring.read(state.experience, rows, grid * self.period, length)
+        mask = sample_mask(
+            where, self.episode_end, self.boundary, windows, self.sample_batch_size, length
         )
+        experience, mask = poison_unless(ok, (windows, mask))
         indices = (state.generation[items] % self._generations) * self._num_items + items
         return PrioritisedTrajectoryBufferSample(
-            experience, indices, jnp.where(ok, probabilities, 0.0)
+            experience, indices, jnp.where(ok, probabilities, 0.0), mask
         )
 
     @compiled_method(donates_state=True)
@@ -288,6 +305,8 @@ def make_prioritised_trajectory_buffer(
     priority_exponent: float = 0.6,
     device: str | None = None,
     donate_state: bool = True,
+    episode_end: Callable[[PyTree], Any] | None = None,
+    boundary: Boundary = "ignore",
 ) -> PrioritisedTrajectoryBuffer:
     """Makes a `PrioritisedTrajectoryBuffer`; the arguments are those of its constructor and
     of Flashbax's `make_prioritised_trajectory_buffer`.
@@ -307,6 +326,8 @@ def make_prioritised_trajectory_buffer(
         max_length_time_axis=max_length_time_axis,
         priority_exponent=priority_exponent,
         donate_state=donate_state,
+        episode_end=episode_end,
+        boundary=boundary,
     )
 
 

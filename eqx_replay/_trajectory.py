@@ -1,14 +1,16 @@
 """The trajectory buffer: batches of trajectories stored along a circular time axis, sampled
 as windows of consecutive steps on a period grid."""
 
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_state
-from ._config import donate_flag, trajectory_config
+from ._config import Boundary, donate_flag, episode_config, trajectory_config
+from ._episodes import check_ends, sample_mask
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._random import below
@@ -36,9 +38,14 @@ class TrajectoryBufferSample(eqx.Module):
     **Fields:**
 
     - `experience`: the example's pytree, each leaf `(sample_batch, sample_time, ...)`.
+    - `mask`: with `boundary="mask"`, True at each window's first step and at every later
+        step up to and including the window's first episode end, False after it; None
+        otherwise. When the buffer cannot be sampled it is poisoned like the experience:
+        all True, so that masking does not hide the poison.
     """
 
     experience: PyTree[Shaped[Array, "sample_batch sample_time ..."]]
+    mask: Bool[Array, "sample_batch sample_time"] | None = None
 
 
 class TrajectoryBuffer(eqx.Module):
@@ -48,7 +55,9 @@ class TrajectoryBuffer(eqx.Module):
     `max_length_time_axis` steps. `sample` draws `sample_batch_size` windows of
     `sample_sequence_length` consecutive steps, each from a uniformly chosen row and a
     uniformly chosen start on the period grid counted from the oldest stored step. A window
-    never crosses the write head, so it never stitches new data to old.
+    never crosses the write head, so it never stitches new data to old. With
+    `boundary="mask"` the sample also says, per step, whether the step still belongs to the
+    episode the window starts in.
 
     `add` and `sample` are compiled; repeated calls with the same shapes reuse the compiled
     code. `add` donates the state's buffers to its result, so the buffer is updated in place
@@ -63,6 +72,8 @@ class TrajectoryBuffer(eqx.Module):
     min_length_time_axis: int = eqx.field(static=True)
     max_length_time_axis: int = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
+    episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
+    boundary: Boundary = eqx.field(static=True)
 
     def __init__(
         self,
@@ -74,6 +85,8 @@ class TrajectoryBuffer(eqx.Module):
         max_size: int | None = None,
         max_length_time_axis: int | None = None,
         donate_state: bool = True,
+        episode_end: Callable[[PyTree], Any] | None = None,
+        boundary: Boundary = "ignore",
     ):
         """**Arguments:**
 
@@ -89,6 +102,15 @@ class TrajectoryBuffer(eqx.Module):
         - `max_length_time_axis`: steps held per row.
         - `donate_state`: whether `add` updates the state in place (the default). With
             `False`, states passed to `add` stay valid and each `add` copies the buffer.
+        - `episode_end`: a function from experience to its boolean leaf that is True on
+            the last step of an episode, e.g. `lambda step: step["done"]`; it is applied to
+            a step, a batch `(add_batch, t, ...)` and windows
+            `(sample_batch, sample_time, ...)` alike. Needed unless `boundary="ignore"`.
+        - `boundary`: what sampling makes of episode ends. `"ignore"` (the default):
+            nothing, windows run across them. `"mask"`: windows are drawn exactly as with
+            `"ignore"` (the same key gives the same windows), and the sample carries a
+            `mask` that is False after the window's first episode end. `"strict"` (only
+            windows inside one episode) is not implemented yet.
         """
         (
             self.add_batch_size,
@@ -107,6 +129,7 @@ class TrajectoryBuffer(eqx.Module):
             max_length_time_axis=max_length_time_axis,
         )
         self.donate_state = donate_flag(donate_state)
+        self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
 
     def init(self, experience: PyTree) -> TrajectoryBufferState:
         """Creates an empty state.
@@ -119,7 +142,9 @@ class TrajectoryBuffer(eqx.Module):
         **Returns:** a `TrajectoryBufferState` whose leaves are zeros of shape
         `(add_batch_size, max_length_time_axis, *leaf.shape)` and the leaf's dtype.
         """
-        check_example("TrajectoryBuffer.init", experience)
+        where = "TrajectoryBuffer.init"
+        check_example(where, experience)
+        check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
         return TrajectoryBufferState(
             *_ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
         )
@@ -148,7 +173,9 @@ class TrajectoryBuffer(eqx.Module):
         """
         where = "TrajectoryBuffer.add"
         self._check_state(where, state)
-        check_batch(where, state.experience, batch, self.max_length_time_axis)
+        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        leading = (self.add_batch_size, steps)
+        check_ends(where, self.episode_end, self.boundary, batch, leading, "the batch")
         return TrajectoryBufferState(
             *_ring.append(state.experience, batch, state.current_index, state.is_full)
         )
@@ -178,7 +205,8 @@ class TrajectoryBuffer(eqx.Module):
         - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
 
         **Returns:** a `TrajectoryBufferSample` with leaves
-        `(sample_batch_size, sample_sequence_length, ...)`.
+        `(sample_batch_size, sample_sequence_length, ...)`, and with `boundary="mask"` its
+        `mask`, `(sample_batch_size, sample_sequence_length)`.
         """
         where = "TrajectoryBuffer.sample"
         self._check_state(where, state)
@@ -194,11 +222,13 @@ class TrajectoryBuffer(eqx.Module):
         key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
         window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
         starts = _ring.window_start(window, state.current_index, state.is_full, capacity, period)
-        ok = self._can_sample(state)
-        experience = poison_unless(
-            ok, _ring.read(state.experience, rows, starts, self.sample_sequence_length)
+        length = self.sample_sequence_length
+        windows = _ring.read(state.experience, rows, starts, length)
+        mask = sample_mask(
+            where, self.episode_end, self.boundary, windows, self.sample_batch_size, length
         )
-        return TrajectoryBufferSample(experience)
+        experience, mask = poison_unless(self._can_sample(state), (windows, mask))
+        return TrajectoryBufferSample(experience, mask)
 
 
 def make_trajectory_buffer(
@@ -210,6 +240,8 @@ def make_trajectory_buffer(
     max_size: int | None = None,
     max_length_time_axis: int | None = None,
     donate_state: bool = True,
+    episode_end: Callable[[PyTree], Any] | None = None,
+    boundary: Boundary = "ignore",
 ) -> TrajectoryBuffer:
     """Makes a `TrajectoryBuffer`; the arguments are those of its constructor and of
     Flashbax's `make_trajectory_buffer`."""
@@ -222,4 +254,6 @@ def make_trajectory_buffer(
         max_size=max_size,
         max_length_time_axis=max_length_time_axis,
         donate_state=donate_state,
+        episode_end=episode_end,
+        boundary=boundary,
     )

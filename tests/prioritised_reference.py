@@ -4,10 +4,13 @@ Physical index `p` holds the newest global step `g` with `g % capacity == p`. An
 window of `length` steps of one row starting at a physical multiple of `period`; it is valid
 when all its positions hold stored steps whose global times are consecutive. An add gives
 every window it writes into that is valid before or after it a new generation, and the
-running maximum priority if valid after it, zero otherwise.
+running maximum priority if valid after it, zero otherwise. A window's mask comes from the
+episode ends at its global times.
 """
 
 import numpy as np
+
+from .reference import window_mask
 
 
 class PrioritisedReference:
@@ -39,6 +42,13 @@ class PrioritisedReference:
         if len(stored) < self.length or any(b != a + 1 for a, b in zip(stored, stored[1:])):
             return None
         return stored
+
+    def mask(self, row, start, ends):
+        """The mask of the window of `row` at physical `start`, given the episode-end flags
+        `ends` of every step ever added, `(rows, total)`."""
+        times = self.window_times(start)
+        assert times is not None, "only a valid window has a mask"
+        return window_mask(np.asarray(ends)[row, times])
 
     def valid(self):
         out = np.zeros(self.num_items, bool)

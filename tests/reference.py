@@ -2,10 +2,20 @@
 
 Each row keeps every step ever added, with global time `g`. The ring stores the newest
 `capacity` of them at physical index `g % capacity`; windows start on the period grid counted
-from the oldest stored step and end at or before the newest one.
+from the oldest stored step and end at or before the newest one. With episode ends, a
+window's mask is True up to and including its first episode end.
 """
 
 import numpy as np
+
+
+def window_mask(ends):
+    """A window's mask from its episode-end flags: its first step is always in; each later
+    step is in when the step before it is in and did not end the episode."""
+    mask = np.ones(len(ends), bool)
+    for j in range(1, len(ends)):
+        mask[j] = mask[j - 1] and not ends[j - 1]
+    return mask
 
 
 class TrajectoryReference:
@@ -51,3 +61,7 @@ class TrajectoryReference:
 
     def window(self, row: int, start: int):
         return {k: v[row, start : start + self.length] for k, v in self.history.items()}
+
+    def mask(self, row: int, start: int, episode_end):
+        """The mask of the window of `row` from global time `start`."""
+        return window_mask(episode_end(self.window(row, start)))

@@ -84,3 +84,19 @@ def test_prioritised_example_runs():
     assert len(lines) == 5 and all(
         line.startswith(f"step {i}: loss ") for i, line in enumerate(lines)
     )
+
+
+def test_episode_boundaries_example_runs():
+    script = EXAMPLES / "episode_boundaries.py"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith("window (ends inside): done [")
+    assert lines[1].startswith("window (no end before the last step): done [")
+    assert "mask [1 1 1 1 1 1]" in lines[1]
+    assert lines[2] == "mask is 'same episode as the first step' in all 256 windows: True"
+    assert lines[3] == "n-step returns match a step-by-step loop: True"
+    assert lines[4].startswith("windows that bootstrap: ") and lines[4].endswith(" of 256")
