@@ -116,12 +116,20 @@ def prioritised_config(
     exponent = float(priority_exponent)
     if not (exponent >= 0 and math.isfinite(exponent)):
         raise ValueError(f"`priority_exponent` must be finite and >= 0; got {exponent}")
+    rounded = grid_capacity(capacity, period, length, min_length)
+    return (rows, samples, length, period, min_length, rounded), exponent
+
+
+def grid_capacity(capacity: int, period: int, length: int, min_length: int) -> int:
+    """The time axis rounded down to a multiple of `period` (with a warning), for buffers
+    whose items are windows starting at physical multiples of `period`; every constraint is
+    checked again after rounding."""
     rounded = capacity - capacity % period
     if rounded != capacity:
         warnings.warn(
             f"the time axis ({capacity} steps per row) is not a multiple of `period` "
             f"({period}); rounding it down to {rounded}",
-            stacklevel=3,
+            stacklevel=4,
         )
         if rounded == 0:
             raise ValueError(
@@ -137,7 +145,7 @@ def prioritised_config(
                 f"`min_length_time_axis` ({min_length}) must be <= the time axis rounded down "
                 f"to a multiple of `period` ({rounded} steps per row)"
             )
-    return (rows, samples, length, period, min_length, rounded), exponent
+    return rounded
 
 
 Boundary = Literal["ignore", "mask", "strict"]
@@ -171,6 +179,4 @@ def episode_config(
             "experience to its boolean episode-end leaf, e.g. "
             "`episode_end=lambda step: step['done']`"
         )
-    if boundary == "strict":
-        raise NotImplementedError("boundary='strict' is not implemented yet")
     return episode_end, cast(Boundary, boundary)

@@ -98,3 +98,17 @@ def sample_mask(
     ends = episode_ends(where, episode_end, windows, (samples, length), "the sampled windows")
     ends_before = jnp.cumsum(ends, axis=1, dtype=jnp.int32) - ends
     return ends_before == 0
+
+
+def stored_ends(
+    where: str,
+    episode_end: Callable[[PyTree], Any] | None,
+    boundary: Boundary,
+    storage: PyTree[Shaped[Array, "rows capacity ..."]],
+) -> Bool[Array, "rows capacity"] | None:
+    """With `boundary="strict"`, the episode-end flag of every stored step (`episode_end`
+    applied to the storage, whose leaves are `(rows, capacity, ...)`); otherwise None."""
+    if boundary != "strict" or episode_end is None:
+        return None
+    leading = tuple(jax.tree_util.tree_leaves(storage)[0].shape[:2])
+    return episode_ends(where, episode_end, storage, leading, "the stored steps")

@@ -10,10 +10,11 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_priorities, check_state
 from ._config import Boundary, donate_flag, episode_config, prioritised_config
-from ._episodes import check_ends, sample_mask
+from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sum_tree import empty_sum_tree, SumTree
+from ._windows import changed_items
 
 
 class PrioritisedTrajectoryBufferState(eqx.Module):
@@ -169,7 +170,9 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
     ) -> PrioritisedTrajectoryBufferState:
         """Appends a batch of trajectory pieces (see `TrajectoryBuffer.add`). Windows that
         the write completes get the largest priority set so far and a new generation;
-        windows it overwrites get priority zero and a new generation."""
+        windows it overwrites get priority zero and a new generation. With
+        `boundary="strict"`, a completed window in which an episode ends before its last
+        step gets priority zero and stays invalid: no `set_priorities` revives it."""
         where = "PrioritisedTrajectoryBuffer.add"
         self._check_state(where, state)
         steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
@@ -178,21 +181,17 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
-        starts, touched = _ring.changed_window_starts(
-            state.current_index,
-            steps,
-            self.sample_sequence_length,
-            self.period,
-            self.max_length_time_axis,
+        items, touched, complete = changed_items(
+            current_index=state.current_index,
+            steps=steps,
+            new_index=current_index,
+            new_is_full=is_full,
+            rows=self.add_batch_size,
+            capacity=self.max_length_time_axis,
+            length=self.sample_sequence_length,
+            period=self.period,
+            ends=stored_ends(where, self.episode_end, self.boundary, experience),
         )
-        complete = _ring.window_complete(
-            starts, current_index, is_full, self.max_length_time_axis, self.sample_sequence_length
-        )
-        rows = jnp.arange(self.add_batch_size)[:, None]
-        items = (rows * self._starts_per_row + starts // self.period).reshape(-1)
-        shape = (self.add_batch_size, starts.shape[0])
-        touched = jnp.broadcast_to(touched, shape).reshape(-1)
-        complete = jnp.broadcast_to(complete, shape).reshape(-1)
         # A window valid neither before nor after keeps its zero priority and generation.
         touched = touched & (state.valid[items] | complete)
         # A start listed twice gets the same values twice, so the writes agree.

@@ -94,6 +94,16 @@ def changed_window_starts(
     return starts, jnp.concatenate([completed_mask, overwritten_mask])
 
 
+def ends_inside(
+    ends: Bool[Array, "rows capacity"], starts: Int[Array, " windows"], length: int
+) -> Bool[Array, "rows windows"]:
+    """Whether, in each row, an episode ends at any of the first `length - 1` steps of the
+    window from each physical start (an end at its last step is allowed)."""
+    capacity = ends.shape[1]
+    times = (starts[:, None] + jnp.arange(length - 1)) % capacity
+    return jnp.any(ends[:, times], axis=-1)
+
+
 def window_start(
     window: Int[Array, " samples"],
     current_index: Int[Array, ""],

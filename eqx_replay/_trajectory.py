@@ -5,15 +5,18 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_state
-from ._config import Boundary, donate_flag, episode_config, trajectory_config
-from ._episodes import check_ends, sample_mask
+from ._config import Boundary, donate_flag, episode_config, grid_capacity, trajectory_config
+from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._random import below
+from ._sum_tree import SumTree
+from ._windows import changed_items
 
 
 class TrajectoryBufferState(eqx.Module):
@@ -25,11 +28,15 @@ class TrajectoryBufferState(eqx.Module):
     - `current_index`: the time index the next step is written at (the write head).
     - `is_full`: whether the time axis has been filled at least once, so that every stored
       step is valid and the oldest step sits at the write head.
+    - `windows`: with `boundary="strict"`, a `SumTree` with weight 1 for every window (row
+      and start on the physical period grid) that is stored, does not cross the write head
+      and has no episode end before its last step, 0 for the others; None otherwise.
     """
 
     experience: PyTree[Shaped[Array, "add_batch time ..."]]
     current_index: Int[Array, ""]
     is_full: Bool[Array, ""]
+    windows: SumTree | None = None
 
 
 class TrajectoryBufferSample(eqx.Module):
@@ -109,8 +116,11 @@ class TrajectoryBuffer(eqx.Module):
         - `boundary`: what sampling makes of episode ends. `"ignore"` (the default):
             nothing, windows run across them. `"mask"`: windows are drawn exactly as with
             `"ignore"` (the same key gives the same windows), and the sample carries a
-            `mask` that is False after the window's first episode end. `"strict"` (only
-            windows inside one episode) is not implemented yet.
+            `mask` that is False after the window's first episode end. `"strict"`: only
+            windows with no episode end before their last step are drawn, uniformly;
+            their starts lie on the grid of physical multiples of `period` (the time
+            axis is rounded down to a multiple of `period`, with a warning), and
+            `can_sample` is False until such a window exists.
         """
         (
             self.add_batch_size,
@@ -130,6 +140,13 @@ class TrajectoryBuffer(eqx.Module):
         )
         self.donate_state = donate_flag(donate_state)
         self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
+        if self.boundary == "strict":
+            self.max_length_time_axis = grid_capacity(
+                self.max_length_time_axis,
+                self.period,
+                self.sample_sequence_length,
+                self.min_length_time_axis,
+            )
 
     def init(self, experience: PyTree) -> TrajectoryBufferState:
         """Creates an empty state.
@@ -145,9 +162,16 @@ class TrajectoryBuffer(eqx.Module):
         where = "TrajectoryBuffer.init"
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
+        windows = None
+        if self.boundary == "strict":
+            windows = SumTree.zeros(self._num_items)
         return TrajectoryBufferState(
-            *_ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
+            *_ring.empty(experience, self.add_batch_size, self.max_length_time_axis), windows
         )
+
+    @property
+    def _num_items(self) -> int:
+        return self.add_batch_size * (self.max_length_time_axis // self.period)
 
     def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
         check_state(
@@ -176,17 +200,38 @@ class TrajectoryBuffer(eqx.Module):
         steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
         leading = (self.add_batch_size, steps)
         check_ends(where, self.episode_end, self.boundary, batch, leading, "the batch")
-        return TrajectoryBufferState(
-            *_ring.append(state.experience, batch, state.current_index, state.is_full)
+        experience, current_index, is_full = _ring.append(
+            state.experience, batch, state.current_index, state.is_full
         )
+        windows = state.windows
+        if windows is not None:
+            items, touched, allowed = changed_items(
+                current_index=state.current_index,
+                steps=steps,
+                new_index=current_index,
+                new_is_full=is_full,
+                rows=self.add_batch_size,
+                capacity=self.max_length_time_axis,
+                length=self.sample_sequence_length,
+                period=self.period,
+                ends=stored_ends(where, self.episode_end, self.boundary, experience),
+            )
+            # A start listed twice gets the same weight twice, so the writes agree.
+            weight = allowed.astype(jnp.float32)
+            windows = windows.set(items, weight, touched, duplicates_agree=True)
+        return TrajectoryBufferState(experience, current_index, is_full, windows)
 
     @compiled_method()
     def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
-        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped)."""
+        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped); with
+        `boundary="strict"`, also whether some window lies inside one episode."""
         return self._can_sample(state)
 
     def _can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
-        return state.is_full | (state.current_index >= self.min_length_time_axis)
+        enough = state.is_full | (state.current_index >= self.min_length_time_axis)
+        if state.windows is not None:
+            enough = enough & (state.windows.total() > 0)
+        return enough
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message, also
     # under jaxtyping's import hook.
@@ -220,8 +265,18 @@ class TrajectoryBuffer(eqx.Module):
             period,
         )
         key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
-        window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
-        starts = _ring.window_start(window, state.current_index, state.is_full, capacity, period)
+        if state.windows is None:
+            window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
+            starts = _ring.window_start(
+                window, state.current_index, state.is_full, capacity, period
+            )
+        else:
+            # Strict: uniform over the allowed windows, through the sum tree of their
+            # weights (stratified, like prioritised sampling with equal priorities).
+            items, _ = state.windows.sample(key, self.sample_batch_size)
+            items = jnp.minimum(items, self._num_items - 1)  # only when none is allowed
+            rows, grid = jnp.divmod(items, capacity // period)
+            starts = grid * period
         length = self.sample_sequence_length
         windows = _ring.read(state.experience, rows, starts, length)
         mask = sample_mask(

@@ -14,8 +14,11 @@ from .reference import window_mask
 
 
 class PrioritisedReference:
-    def __init__(self, rows, capacity, length, period, exponent):
+    def __init__(self, rows, capacity, length, period, exponent, strict=False):
         self.rows, self.capacity, self.length, self.period = rows, capacity, length, period
+        # With `strict`, a window is valid only if no episode ends before its last step.
+        self.strict = strict
+        self.ends = np.zeros((rows, 0), bool)
         self.exponent = np.float32(exponent)
         self.starts_per_row = capacity // period
         self.num_items = rows * self.starts_per_row
@@ -50,29 +53,37 @@ class PrioritisedReference:
         assert times is not None, "only a valid window has a mask"
         return window_mask(np.asarray(ends)[row, times])
 
+    def allowed(self, row, start):
+        """Whether the window of `row` at physical `start` is valid."""
+        times = self.window_times(start)
+        if times is None:
+            return False
+        return not (self.strict and self.ends[row, times[:-1]].any())
+
     def valid(self):
         out = np.zeros(self.num_items, bool)
         for start in range(0, self.capacity, self.period):
-            if self.window_times(start) is not None:
-                for row in range(self.rows):
-                    out[self.item(row, start)] = True
+            for row in range(self.rows):
+                out[self.item(row, start)] = self.allowed(row, start)
         return out
 
-    def add(self, steps):
+    def add(self, steps, ends=None):
         written = {(self.total + j) % self.capacity for j in range(steps)}
         starts = range(0, self.capacity, self.period)
-        valid_before = {start: self.window_times(start) is not None for start in starts}
+        valid_before = self.valid()
         self.total += steps
+        new_ends = np.zeros((self.rows, steps), bool) if ends is None else np.asarray(ends)
+        self.ends = np.concatenate([self.ends, new_ends], axis=1)
+        valid_after = self.valid()
         for start in starts:
             window = {(start + j) % self.capacity for j in range(self.length)}
-            valid = self.window_times(start) is not None
-            # A window written into that is valid neither before nor after keeps priority 0
-            # and its generation: no update could have been aimed at it.
-            if window & written and (valid or valid_before[start]):
-                for row in range(self.rows):
-                    item = self.item(row, start)
+            for row in range(self.rows):
+                item = self.item(row, start)
+                # A window written into that is valid neither before nor after keeps priority
+                # 0 and its generation: no update could have been aimed at it.
+                if window & written and (valid_after[item] or valid_before[item]):
                     self.generation[item] += 1
-                    self.priority[item] = self.max_priority if valid else 0
+                    self.priority[item] = self.max_priority if valid_after[item] else 0
 
     def set_priorities(self, indices, priorities):
         valid = self.valid()

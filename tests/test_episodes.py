@@ -1,6 +1,7 @@
 """Episode boundaries: configuration, trace-time checks of `episode_end`, and `"mask"`
 sampling against the numpy references, for both buffers and under every transform."""
 
+import collections
 import dataclasses
 import re
 from typing import Any
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+import scipy.stats
 from hypothesis import given, settings
 
 import eqx_replay
@@ -240,12 +242,6 @@ CONFIG_ERRORS = [
         "`episode_end` must be a function from a step of experience to its boolean "
         "episode-end leaf, e.g. `lambda step: step['done']`; got str 'done'",
     ),
-    (
-        dict(episode_end=done, boundary="strict"),
-        NotImplementedError,
-        None,
-        "boundary='strict' is not implemented yet",
-    ),
 ]
 
 
@@ -265,10 +261,9 @@ def test_config_errors_name_the_argument(kind, overrides, error, parameter, mess
             assert f"parameter '{parameter}'" in str(info.value)
         else:
             assert isinstance(info.value, error) and message in str(info.value)
-    if error is not NotImplementedError:
-        # Without the hook the buffer's own check answers: its exact message.
-        with pytest.raises(error, match=re.escape(message)):
-            episode_config(**{"episode_end": None, "boundary": "ignore", **overrides})
+    # Without the hook the buffer's own check answers: its exact message.
+    with pytest.raises(error, match=re.escape(message)):
+        episode_config(**{"episode_end": None, "boundary": "ignore", **overrides})
 
 
 def test_episode_end_with_ignore_is_allowed():
@@ -503,3 +498,113 @@ def test_inside_an_equinox_agent(kind):
     assert mask.shape == (8, 4) and bool(mask[:, 0].all())
     assert bool(jnp.isfinite(grads.weight).all()) and float(jnp.abs(grads.weight).sum()) > 0
     assert int(agent.buffer_state.current_index) == 0 and bool(agent.buffer_state.is_full)
+
+
+# --- "strict" against the numpy reference ------------------------------------------------
+
+
+def strict_reference(rows, capacity, length, period, batches):
+    ref = PrioritisedReference(rows, capacity, length, period, 0.6, strict=True)
+    for batch in batches:
+        ref.add(batch["done"].shape[1], batch["done"])
+    return ref
+
+
+def check_strict_sample(ref, sample, capacity, length, period):
+    """Every sampled window is stored, contiguous, on the physical period grid and has no
+    episode end before its last step."""
+    rows_, starts = np.divmod(np.asarray(sample.experience["step"]), ROW_CODE)
+    assert (rows_ == rows_[:, :1]).all()
+    assert (starts == starts[:, :1] + np.arange(length)).all()  # consecutive global steps
+    for row, start in zip(rows_[:, 0], starts[:, 0]):
+        assert start >= ref.total - capacity and start + length <= ref.total
+        assert (start % capacity) % period == 0
+        assert not ref.ends[row, start : start + length - 1].any()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(scenarios())
+def test_strict_matches_reference(scenario):
+    rows, capacity, length, period, adds, end_probability, seed = scenario
+    for kind in KINDS:
+        buffer = make(
+            kind,
+            rows,
+            capacity,
+            length,
+            period,
+            64,
+            min_length_time_axis=0,
+            episode_end=done,
+            boundary="strict",
+        )
+        state, batches = fill(buffer, rows, adds, end_probability, seed)
+        ref = strict_reference(rows, capacity, length, period, batches)
+        allowed = ref.valid()
+        if kind == "trajectory":
+            weights = np.asarray(state.windows.get(jnp.arange(ref.num_items)))
+            np.testing.assert_array_equal(weights, allowed.astype(np.float32))
+        else:
+            np.testing.assert_array_equal(np.asarray(state.valid), allowed)
+            np.testing.assert_array_equal(np.asarray(state.generation), ref.generation)
+            priorities = np.asarray(state.priorities.get(jnp.arange(ref.num_items)))
+            np.testing.assert_allclose(priorities, ref.priority, rtol=1e-6)
+        assert bool(buffer.can_sample(state)) == bool(allowed.any())
+        sample = buffer.sample(state, jr.key(seed))
+        if allowed.any():
+            check_strict_sample(ref, sample, capacity, length, period)
+        else:
+            assert np.isnan(np.asarray(sample.experience["obs"])).all()  # poisoned
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_strict_is_uniform_over_allowed_windows(kind):
+    rows, capacity, length = 3, 40, 4
+    buffer = make(kind, rows, capacity, length, 1, 2000, episode_end=done, boundary="strict")
+    state, batches = fill(buffer, rows, [capacity, 7], 0.2, seed=3)
+    ref = strict_reference(rows, capacity, length, 1, batches)
+    allowed = np.flatnonzero(ref.valid())
+    counts = collections.Counter()
+    for key in jr.split(jr.key(0), 10):
+        sample = buffer.sample(state, key)
+        check_strict_sample(ref, sample, capacity, length, 1)
+        rows_, starts = np.divmod(np.asarray(sample.experience["step"][:, 0]), ROW_CODE)
+        counts.update(ref.item(r, s % capacity) for r, s in zip(rows_, starts))
+    assert set(counts) == set(allowed.tolist())
+    observed = np.array([counts[i] for i in allowed])
+    assert scipy.stats.chisquare(observed).pvalue > 1e-6
+
+
+def test_strict_rounds_the_time_axis_and_warns():
+    with pytest.warns(UserWarning, match="rounding it down to 9"):
+        buffer = eqx_replay.make_trajectory_buffer(
+            2, 4, 3, 3, 3, max_length_time_axis=10, episode_end=done, boundary="strict"
+        )
+    assert buffer.max_length_time_axis == 9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_strict_under_jit_vmap_scan_and_donation(kind):
+    buffer = make(kind, 2, 12, 4, 1, 8, episode_end=done, boundary="strict")
+    data = stacked_batches(3, 2, 5)
+    expected = sequential(buffer, data, 3)
+    state = buffer.init(example())
+    add = jax.jit(buffer.add, donate_argnums=0)
+    for i in range(3):
+        old = state
+        state = add(state, nth(data, i))
+        assert jax.tree.leaves(old)[0].is_deleted()
+    assert_same(state, expected)
+
+    def body(state, batch):
+        return buffer.add(state, batch), None
+
+    scanned, _ = jax.lax.scan(body, buffer.init(example()), jax.tree.map(lambda x: x[:3], data))
+    assert_same(scanned, expected)
+    states = jax.vmap(lambda _: buffer.init(example()))(jnp.arange(2))
+    both = jax.tree.map(lambda x: jnp.stack([x, x]), nth(data, 0))
+    states = jax.vmap(buffer.add)(states, both)
+    samples = jax.vmap(buffer.sample)(states, jr.split(jr.key(0), 2))
+    one = buffer.add(buffer.init(example()), nth(data, 0))
+    assert_same(nth(states, 1), one)
+    assert_same(nth(samples, 0), buffer.sample(one, jr.split(jr.key(0), 2)[0]))
