@@ -35,3 +35,8 @@ def test_sample_guard_cost_tiny():
 def test_sample_profile_tiny():
     table = run("sample_profile.py")
     assert "gather alone" in table and "| 32 x 80 |" in table
+
+
+def test_episode_modes_tiny():
+    table = run("episode_modes.py")
+    assert "| 2,560 | strict |" in table and "| 256 | mask |" in table
