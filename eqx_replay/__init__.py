@@ -12,6 +12,7 @@ from ._prioritised import (
 from ._sum_tree import SumTree as SumTree
 from ._trajectory import (
     make_trajectory_buffer as make_trajectory_buffer,
+    StrictTrajectoryBufferState as StrictTrajectoryBufferState,
     TrajectoryBuffer as TrajectoryBuffer,
     TrajectoryBufferSample as TrajectoryBufferSample,
     TrajectoryBufferState as TrajectoryBufferState,

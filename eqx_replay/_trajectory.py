@@ -28,15 +28,25 @@ class TrajectoryBufferState(eqx.Module):
     - `current_index`: the time index the next step is written at (the write head).
     - `is_full`: whether the time axis has been filled at least once, so that every stored
       step is valid and the oldest step sits at the write head.
-    - `windows`: with `boundary="strict"`, a `SumTree` with weight 1 for every window (row
-      and start on the physical period grid) that is stored, does not cross the write head
-      and has no episode end before its last step, 0 for the others; None otherwise.
     """
 
     experience: PyTree[Shaped[Array, "add_batch time ..."]]
     current_index: Int[Array, ""]
     is_full: Bool[Array, ""]
-    windows: SumTree | None = None
+
+
+class StrictTrajectoryBufferState(TrajectoryBufferState):
+    """The state of a trajectory buffer with `boundary="strict"`: a `TrajectoryBufferState`
+    with one more field.
+
+    **Fields:**
+
+    - `windows`: a `SumTree` with weight 1 for every window (row and start on the physical
+      period grid) that is stored, does not cross the write head and has no episode end
+      before its last step, 0 for the others.
+    """
+
+    windows: SumTree
 
 
 class TrajectoryBufferSample(eqx.Module):
@@ -162,22 +172,21 @@ class TrajectoryBuffer(eqx.Module):
         where = "TrajectoryBuffer.init"
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
-        windows = None
+        ring = _ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
         if self.boundary == "strict":
-            windows = SumTree.zeros(self._num_items)
-        return TrajectoryBufferState(
-            *_ring.empty(experience, self.add_batch_size, self.max_length_time_axis), windows
-        )
+            return StrictTrajectoryBufferState(*ring, SumTree.zeros(self._num_items))
+        return TrajectoryBufferState(*ring)
 
     @property
     def _num_items(self) -> int:
         return self.add_batch_size * (self.max_length_time_axis // self.period)
 
     def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
+        strict = self.boundary == "strict"
         check_state(
             where,
             state,
-            TrajectoryBufferState,
+            StrictTrajectoryBufferState if strict else TrajectoryBufferState,
             (self.add_batch_size, self.max_length_time_axis),
         )
 
@@ -203,8 +212,7 @@ class TrajectoryBuffer(eqx.Module):
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
-        windows = state.windows
-        if windows is not None:
+        if isinstance(state, StrictTrajectoryBufferState):
             items, touched, allowed = changed_items(
                 current_index=state.current_index,
                 steps=steps,
@@ -218,8 +226,9 @@ class TrajectoryBuffer(eqx.Module):
             )
             # A start listed twice gets the same weight twice, so the writes agree.
             weight = allowed.astype(jnp.float32)
-            windows = windows.set(items, weight, touched, duplicates_agree=True)
-        return TrajectoryBufferState(experience, current_index, is_full, windows)
+            windows = state.windows.set(items, weight, touched, duplicates_agree=True)
+            return StrictTrajectoryBufferState(experience, current_index, is_full, windows)
+        return TrajectoryBufferState(experience, current_index, is_full)
 
     @compiled_method()
     def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
@@ -229,7 +238,7 @@ class TrajectoryBuffer(eqx.Module):
 
     def _can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)
-        if state.windows is not None:
+        if isinstance(state, StrictTrajectoryBufferState):
             enough = enough & (state.windows.total() > 0)
         return enough
 
@@ -265,7 +274,7 @@ class TrajectoryBuffer(eqx.Module):
             period,
         )
         key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
-        if state.windows is None:
+        if not isinstance(state, StrictTrajectoryBufferState):
             window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
             starts = _ring.window_start(
                 window, state.current_index, state.is_full, capacity, period
