@@ -13,8 +13,8 @@ from ._config import Boundary, donate_flag, episode_config, prioritised_config
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
-from ._sum_tree import empty_sum_tree, SumTree
-from ._windows import changed_items
+from ._sum_tree import SumTree
+from ._windows import changed_items, item_windows, num_items
 
 
 class PrioritisedTrajectoryBufferState(eqx.Module):
@@ -126,12 +126,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
 
     @property
-    def _starts_per_row(self) -> int:
-        return self.max_length_time_axis // self.period
-
-    @property
     def _num_items(self) -> int:
-        return self.add_batch_size * self._starts_per_row
+        return num_items(self.add_batch_size, self.max_length_time_axis, self.period)
 
     @property
     def _generations(self) -> int:
@@ -150,7 +146,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             experience=storage,
             current_index=current_index,
             is_full=is_full,
-            priorities=empty_sum_tree(self._num_items),
+            priorities=SumTree.zeros(self._num_items),
             valid=jnp.zeros(self._num_items, bool),
             generation=jnp.zeros(self._num_items, jnp.int32),
             max_priority=jnp.array(1.0, jnp.float32),
@@ -239,11 +235,13 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         check_key(where, rng_key)
         key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
         items, probabilities = state.priorities.sample(key, self.sample_batch_size)
+        rows, starts = item_windows(
+            items, self.add_batch_size, self.max_length_time_axis, self.period
+        )
         items = jnp.minimum(items, self._num_items - 1)  # only when the total is zero
-        rows, grid = jnp.divmod(items, self._starts_per_row)
         ok = self._can_sample(state)
         length = self.sample_sequence_length
-        windows = _ring.read(state.experience, rows, grid * self.period, length)
+        windows = _ring.read(state.experience, rows, starts, length)
         mask = sample_mask(
             where, self.episode_end, self.boundary, windows, self.sample_batch_size, length
         )

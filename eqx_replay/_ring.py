@@ -209,8 +209,8 @@ def read(
     `rows[i]` from time `starts[i]`, wrapping around the ring. Requires `length <= capacity`.
 
     Each window is read as one contiguous slice (a gather of `(1, length, ...)` blocks),
-    which XLA runs about a third faster than a gather of single steps. A slice cannot wrap:
-    `dynamic_slice` moves a start past `capacity - length` back to it, so the few windows
+    which XLA runs about a third faster than a gather of single steps. A block cannot wrap:
+    the gather clamps a start past `capacity - length` back to it, so the few windows
     that wrap (about `samples * (length - 1) / capacity` per call) are read again step by
     step, one loop iteration each, written over the sample in place.
     """

@@ -162,8 +162,3 @@ def _last_occurrence(indices: Int[Array, " k"]) -> Bool[Array, " k"]:
     ordered = indices[order]
     last_of_run = jnp.append(ordered[1:] != ordered[:-1], True)
     return jnp.zeros(indices.shape, bool).at[order].set(last_of_run)
-
-
-def empty_sum_tree(num_leaves: int) -> SumTree:
-    """A tree of `num_leaves` zero priorities."""
-    return SumTree.zeros(num_leaves)

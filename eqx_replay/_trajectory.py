@@ -16,7 +16,7 @@ from ._guard import poison_unless
 from ._jit import compiled_method
 from ._random import below
 from ._sum_tree import SumTree
-from ._windows import changed_items
+from ._windows import changed_items, item_windows, num_items
 
 
 class TrajectoryBufferState(eqx.Module):
@@ -174,12 +174,9 @@ class TrajectoryBuffer(eqx.Module):
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
         ring = _ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
         if self.boundary == "strict":
-            return StrictTrajectoryBufferState(*ring, SumTree.zeros(self._num_items))
+            items = num_items(self.add_batch_size, self.max_length_time_axis, self.period)
+            return StrictTrajectoryBufferState(*ring, SumTree.zeros(items))
         return TrajectoryBufferState(*ring)
-
-    @property
-    def _num_items(self) -> int:
-        return self.add_batch_size * (self.max_length_time_axis // self.period)
 
     def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
         strict = self.boundary == "strict"
@@ -283,9 +280,7 @@ class TrajectoryBuffer(eqx.Module):
             # Strict: uniform over the allowed windows, through the sum tree of their
             # weights (stratified, like prioritised sampling with equal priorities).
             items, _ = state.windows.sample(key, self.sample_batch_size)
-            items = jnp.minimum(items, self._num_items - 1)  # only when none is allowed
-            rows, grid = jnp.divmod(items, capacity // period)
-            starts = grid * period
+            rows, starts = item_windows(items, self.add_batch_size, capacity, period)
         length = self.sample_sequence_length
         windows = _ring.read(state.experience, rows, starts, length)
         mask = sample_mask(

@@ -15,6 +15,21 @@ from jaxtyping import Array, Bool, Int
 from . import _ring
 
 
+def num_items(rows: int, capacity: int, period: int) -> int:
+    """How many items a buffer of `rows` rows of `capacity` steps has."""
+    return rows * (capacity // period)
+
+
+def item_windows(
+    items: Int[Array, " samples"], rows: int, capacity: int, period: int
+) -> tuple[Int[Array, " samples"], Int[Array, " samples"]]:
+    """The row and physical start of each item's window, for `_ring.read`. Items past the
+    last (a sum tree with zero total returns them) are read as the last item's window."""
+    items = jnp.minimum(items, num_items(rows, capacity, period) - 1)
+    row, grid = jnp.divmod(items, capacity // period)
+    return row, grid * period
+
+
 def changed_items(
     *,
     current_index: Int[Array, ""],
@@ -49,6 +64,6 @@ def changed_items(
     if ends is not None:
         valid = valid & ~_ring.ends_inside(ends, starts, length)
     row = jnp.arange(rows)[:, None]
-    items = (row * (capacity // period) + starts // period).reshape(-1)
+    items = (row * (capacity // period) + starts // period).reshape(-1)  # see `num_items`
     touched = jnp.broadcast_to(touched, (rows, starts.shape[0])).reshape(-1)
     return items, touched, valid.reshape(-1)
