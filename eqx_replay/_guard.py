@@ -7,7 +7,7 @@ NaN at once. We do not raise with `eqx.error_if`: on CPU a program that contains
 callback runs several times slower even when the callback is never called (measured in
 `benchmarks/sample_guard_cost.py`), and that would slow every training step that samples.
 The poison is written by a loop that runs only when the buffer cannot be sampled, so a call
-that can sample pays a predicate test, about a microsecond.
+that can sample pays a predicate test (within run-to-run noise of no guard at all).
 """
 
 import jax.numpy as jnp
