@@ -38,7 +38,9 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
     args = parser.parse_args()
     rows = 16
-    capacities, calls, rounds = ([256, 2560], 5, 2) if args.tiny else ([16_384, 1_638_400], 1000, 15)
+    capacities, calls, rounds = (
+        ([256, 2560], 5, 2) if args.tiny else ([16_384, 1_638_400], 1000, 15)
+    )
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
     rng = np.random.default_rng(0)
     print("| capacity (steps) | mode | add 16×1 (µs) | sample 256×16 (µs) |")
