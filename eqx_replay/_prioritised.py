@@ -14,7 +14,7 @@ from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sum_tree import SumTree
-from ._windows import changed_items, item_windows, num_items
+from ._windows import is_valid, item_windows, num_items, update_items
 
 
 class PrioritisedTrajectoryBufferState(eqx.Module):
@@ -24,20 +24,29 @@ class PrioritisedTrajectoryBufferState(eqx.Module):
 
     - `experience`, `current_index`, `is_full`: as in `TrajectoryBufferState`.
     - `priorities`: a `SumTree` of each item's priority (zero while the item's window is not
-      complete or crosses the write head).
-    - `valid`: whether each item's window is complete and does not cross the write head.
-    - `generation`: how many times each item's window has changed (been written into or
-      invalidated); a priority update made for an older generation is ignored.
+      valid).
+    - `generation`: a counter per item, odd exactly while the item's window is valid
+      (complete, not crossing the write head and, with `boundary="strict"`, inside one
+      episode). It moves on whenever the window changes: by one when the window becomes
+      valid or invalid, by two when a valid window is overwritten by a new valid one. A
+      priority update made for an older generation is ignored.
     - `max_priority`: the largest priority set so far (1.0 at first), given to new windows.
+
+    Items are numbered column by column: item `column * add_batch_size + row` is the window
+    of row `row` that starts at time index `column * period`.
     """
 
     experience: PyTree[Shaped[Array, "add_batch time ..."]]
     current_index: Int[Array, ""]
     is_full: Bool[Array, ""]
     priorities: SumTree
-    valid: Bool[Array, " items"]
     generation: Int[Array, " items"]
     max_priority: Float[Array, ""]
+
+    @property
+    def valid(self) -> Bool[Array, " items"]:
+        """Whether each item's window can be sampled (its generation is odd)."""
+        return is_valid(self.generation)
 
 
 class PrioritisedTrajectoryBufferSample(eqx.Module):
@@ -147,7 +156,6 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             current_index=current_index,
             is_full=is_full,
             priorities=SumTree.zeros(self._num_items),
-            valid=jnp.zeros(self._num_items, bool),
             generation=jnp.zeros(self._num_items, jnp.int32),
             max_priority=jnp.array(1.0, jnp.float32),
         )
@@ -177,7 +185,10 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
-        items, touched, complete = changed_items(
+        priorities, generation = update_items(
+            state.priorities,
+            state.generation,
+            state.max_priority,
             current_index=state.current_index,
             steps=steps,
             new_index=current_index,
@@ -188,20 +199,12 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             period=self.period,
             ends=stored_ends(where, self.episode_end, self.boundary, experience),
         )
-        # A window valid neither before nor after keeps its zero priority and generation.
-        touched = touched & (state.valid[items] | complete)
-        # A start listed twice gets the same values twice, so the writes agree.
-        dropped = jnp.where(touched, items, self._num_items)
-        valid = state.valid.at[dropped].set(complete, mode="drop")
-        generation = state.generation.at[dropped].set(state.generation[items] + 1, mode="drop")
-        priority = jnp.where(complete, state.max_priority, 0.0)
-        priorities = state.priorities.set(items, priority, touched, duplicates_agree=True)
+        assert generation is not None
         return PrioritisedTrajectoryBufferState(
             experience,
             current_index,
             is_full,
             priorities,
-            valid,
             generation,
             state.max_priority,
         )
@@ -274,7 +277,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         generation, items = jnp.divmod(indices, self._num_items)
         in_range = (indices >= 0) & (generation < self._generations)
         items = jnp.where(in_range, items, 0)
-        current = state.valid[items] & (state.generation[items] % self._generations == generation)
+        stored = state.generation[items]
+        current = is_valid(stored) & (stored % self._generations == generation)
         finite = jnp.isfinite(priorities) & (priorities >= 0)
         keep = in_range & current & finite
         values = jnp.where(keep, priorities, 0.0) ** self.priority_exponent
@@ -285,7 +289,6 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             state.current_index,
             state.is_full,
             tree,
-            state.valid,
             state.generation,
             max_priority,
         )

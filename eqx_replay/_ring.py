@@ -63,35 +63,39 @@ def window_complete(
 ) -> Bool[Array, "*shape"]:
     """Whether the `length` steps from physical index `start` are all stored and do not
     cross the write head (for windows on a grid of physical indices)."""
-    # Steps from `start` forward up to the newest one, in [1, capacity].
-    ahead = (current_index - 1 - start) % capacity + 1
+    # Steps from `start` forward up to the newest one, in [1, capacity] (`lax.rem` of a
+    # non-negative value: `0 <= start < capacity`).
+    ahead = lax.rem(current_index - 1 - start + capacity, capacity) + 1
     return (ahead >= length) & (is_full | (start < current_index))
 
 
-def _grid_in(first: Int[Array, ""], size: int, period: int) -> tuple[Array, Array]:
-    """The multiples of `period` in `[first, first + size)`: a static number of candidates
-    and which of them are inside."""
-    start = -((-first) // period) * period  # the first multiple of `period` >= `first`
-    candidates = start + period * jnp.arange((size + period - 1) // period)
-    return candidates, candidates < first + size
-
-
-def changed_window_starts(
+def changed_window_runs(
     current_index: Int[Array, ""], steps: int, length: int, period: int, capacity: int
-) -> tuple[Int[Array, " windows"], Bool[Array, " windows"]]:
-    """Physical starts, on the grid of multiples of `period`, of the windows of `length`
-    steps whose validity or content a write of `steps` steps at `current_index` can change
-    while they are valid before or after it: the windows it completes (those ending inside
-    the write) and the windows it overwrites (those starting inside it). The other windows
-    it writes into cross the write head both before and after.
+) -> tuple[Int[Array, "2 windows"], Bool[Array, "2 windows"]]:
+    """The windows of `length` steps on the grid of multiples of `period` whose validity or
+    content a write of `steps` steps at `current_index` can change while they are valid
+    before or after it: the windows it completes (those ending inside the write) and the
+    windows it overwrites (those starting inside it). The other windows it writes into
+    cross the write head both before and after.
 
-    **Returns:** `(starts, mask)`: a static number of candidates and which are real (a start
-    may be listed twice).
+    **Returns:** `(starts, real)`: two runs, the completed windows and then the overwritten
+    ones, each a static number of consecutive grid starts (physical, so modulo
+    `capacity`), and which of them are real. No window is real in both runs.
     """
-    completed, completed_mask = _grid_in(current_index - length + 1, steps, period)
-    overwritten, overwritten_mask = _grid_in(current_index, steps, period)
-    starts = jnp.concatenate([completed, overwritten]) % capacity
-    return starts, jnp.concatenate([completed_mask, overwritten_mask])
+    # Each range of starts begins at `lowest`: `length - 1` steps before the write for the
+    # completed windows, at it for the overwritten ones. Both runs are computed as one
+    # vector, and offset by `capacity` to stay non-negative, so that `lax.div` and
+    # `lax.rem` need no sign corrections: XLA makes a few small kernels, not one per
+    # scalar.
+    lowest = current_index + jnp.array([capacity - length + 1, 0], current_index.dtype)
+    grid = lowest if period == 1 else lax.div(lowest + period - 1, period) * period
+    candidates = grid[:, None] + period * jnp.arange(-(-steps // period))
+    real = candidates < lowest[:, None] + steps
+    # The two ranges are `length - 1` steps apart on a ring of `capacity`.
+    if steps > length - 1 or steps > capacity - length + 1:
+        in_completed = lax.rem(candidates[1] - lowest[0] + capacity, capacity) < steps
+        real = jnp.stack([real[0], real[1] & ~in_completed])
+    return lax.rem(candidates, capacity), real
 
 
 def ends_inside(

@@ -105,6 +105,37 @@ class SumTree(eqx.Module):
             nodes = nodes.at[target].set(sums, mode="drop")
         return SumTree(nodes, self.num_leaves)
 
+    def leaves(self, start: Int[Array, ""], size: int) -> Float[Array, " size"]:
+        """The priorities of items `start` to `start + size - 1`."""
+        return lax.dynamic_slice_in_dim(self.nodes, start, size)
+
+    def set_leaves(self, start: Int[Array, ""], values: Float[Array, " size"]) -> "SumTree":
+        """Sets the priorities of items `start` to `start + size - 1` to `values`
+        (`start + size <= num_leaves`), by slices: no scatter, no sort.
+
+        A run of consecutive items has consecutive ancestors, so every level is updated by
+        reading the children of a few consecutive groups and writing their sums back with
+        `dynamic_update_slice`, which XLA does in place. Each sum is recomputed from its
+        children, as in `set`. Groups beside the run may be recomputed too, harmlessly.
+        """
+        size = values.shape[0]
+        sizes = self._sizes
+        offsets = _offsets(sizes)
+        nodes = lax.dynamic_update_slice_in_dim(self.nodes, values, start, 0)
+        first = start  # of the changed entries of the level below
+        for level in range(1, len(sizes)):
+            num_groups = sizes[level - 1] // FANOUT
+            # Groups spanned by `size` consecutive entries, from one far enough from the end.
+            count = min((size - 1) // FANOUT + 2, num_groups)
+            first = jnp.minimum(first // FANOUT, num_groups - count)
+            children = lax.dynamic_slice_in_dim(
+                nodes, offsets[level - 1] + first * FANOUT, count * FANOUT
+            )
+            sums = children.reshape(count, FANOUT).sum(axis=1)
+            nodes = lax.dynamic_update_slice_in_dim(nodes, sums, offsets[level] + first, 0)
+            size = count
+        return SumTree(nodes, self.num_leaves)
+
     def sample(
         self, key: PRNGKeyArray, num: int
     ) -> tuple[Int[Array, " num"], Float[Array, " num"]]:

@@ -16,7 +16,7 @@ from ._guard import poison_unless
 from ._jit import compiled_method
 from ._random import below
 from ._sum_tree import SumTree
-from ._windows import changed_items, item_windows, num_items
+from ._windows import item_windows, num_items, update_items
 
 
 class TrajectoryBufferState(eqx.Module):
@@ -210,7 +210,10 @@ class TrajectoryBuffer(eqx.Module):
             state.experience, batch, state.current_index, state.is_full
         )
         if isinstance(state, StrictTrajectoryBufferState):
-            items, touched, allowed = changed_items(
+            windows, _ = update_items(
+                state.windows,
+                None,
+                jnp.array(1.0, jnp.float32),
                 current_index=state.current_index,
                 steps=steps,
                 new_index=current_index,
@@ -221,9 +224,6 @@ class TrajectoryBuffer(eqx.Module):
                 period=self.period,
                 ends=stored_ends(where, self.episode_end, self.boundary, experience),
             )
-            # A start listed twice gets the same weight twice, so the writes agree.
-            weight = allowed.astype(jnp.float32)
-            windows = state.windows.set(items, weight, touched, duplicates_agree=True)
             return StrictTrajectoryBufferState(experience, current_index, is_full, windows)
         return TrajectoryBufferState(experience, current_index, is_full)
 

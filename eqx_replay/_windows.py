@@ -2,17 +2,24 @@
 (the prioritised buffer, and either buffer with `boundary="strict"`).
 
 An item is one row and one window start at a physical time index that is a multiple of the
-period, numbered `row * (capacity // period) + start // period`. An item is *valid* while
-its window is sampleable: all of its steps are stored, it does not cross the write head,
-and, when episode ends are enforced, no episode ends before its last step. Only a write can
-change validity, and only for the windows it completes or overwrites, so the work per `add`
-is proportional to the steps added, never to the capacity.
+period. Items are numbered column by column: the window of row `row` starting at
+`column * period` is item `column * rows + row`, so the windows of all rows that start at
+one time are consecutive items, and so are those of consecutive starts. An item is *valid*
+while its window is sampleable: all of its steps are stored, it does not cross the write
+head, and, when episode ends are enforced, no episode ends before its last step.
+
+Only a write can change validity, and only for the windows it completes or overwrites:
+those start in two ranges of consecutive times, which are two runs of consecutive items.
+So an `add` updates its items with slices (`dynamic_update_slice`, in place), never with
+a scatter, and its work is proportional to the steps added, never to the capacity.
 """
 
+import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from . import _ring
+from ._sum_tree import SumTree
 
 
 def num_items(rows: int, capacity: int, period: int) -> int:
@@ -26,11 +33,19 @@ def item_windows(
     """The row and physical start of each item's window, for `_ring.read`. Items past the
     last (a sum tree with zero total returns them) are read as the last item's window."""
     items = jnp.minimum(items, num_items(rows, capacity, period) - 1)
-    row, grid = jnp.divmod(items, capacity // period)
-    return row, grid * period
+    column, row = jnp.divmod(items, rows)
+    return row, column * period
 
 
-def changed_items(
+def is_valid(generation: Int[Array, "*shape"]) -> Bool[Array, "*shape"]:
+    """Whether items are valid, from their generation: odd exactly while valid."""
+    return (generation & 1) == 1
+
+
+def update_items(
+    tree: SumTree,
+    generation: Int[Array, " items"] | None,
+    weight: Float[Array, ""],
     *,
     current_index: Int[Array, ""],
     steps: int,
@@ -41,11 +56,19 @@ def changed_items(
     length: int,
     period: int,
     ends: Bool[Array, "rows capacity"] | None = None,
-) -> tuple[Int[Array, " items"], Bool[Array, " items"], Bool[Array, " items"]]:
-    """The items whose validity a write of `steps` steps at `current_index` may change.
+) -> tuple[SumTree, Int[Array, " items"] | None]:
+    """Updates the items whose validity a write of `steps` steps at `current_index` may
+    change: each gets `weight` in `tree` if it is valid after the write and zero if not.
+
+    With `generation`, each also gets a new generation when the write changed it while it
+    was valid before or after: its generation stays odd exactly while it is valid, so it
+    moves on by one when the window becomes valid or invalid, and by two when a valid
+    window is replaced by a new valid one.
 
     **Arguments:**
 
+    - `tree`, `generation`: the items' weights and generations before the write.
+    - `weight`: the weight of a valid item.
     - `current_index`: the write head before the write.
     - `steps`: the number of steps written per row.
     - `new_index`, `new_is_full`: the ring after the write.
@@ -54,16 +77,51 @@ def changed_items(
     - `ends`: the episode-end flag of every stored step after the write, when episode ends
       are enforced; `None` otherwise.
 
-    **Returns:** `(items, touched, valid)`, each of a static size: the item numbers, which
-    entries are real (an item may be listed twice, with equal values), and whether each is
-    valid after the write.
+    **Returns:** `(tree, generation)` after the write.
     """
-    starts, touched = _ring.changed_window_starts(current_index, steps, length, period, capacity)
+    total = num_items(rows, capacity, period)
+    starts, real = _ring.changed_window_runs(current_index, steps, length, period, capacity)
+    runs, columns = starts.shape
     valid = _ring.window_complete(starts, new_index, new_is_full, capacity, length)
-    valid = jnp.broadcast_to(valid, (rows, starts.shape[0]))
+    valid = jnp.broadcast_to(valid[..., None], (runs, columns, rows))
     if ends is not None:
-        valid = valid & ~_ring.ends_inside(ends, starts, length)
-    row = jnp.arange(rows)[:, None]
-    items = (row * (capacity // period) + starts // period).reshape(-1)  # see `num_items`
-    touched = jnp.broadcast_to(touched, (rows, starts.shape[0])).reshape(-1)
-    return items, touched, valid.reshape(-1)
+        inside = _ring.ends_inside(ends, starts.reshape(-1), length)  # (rows, runs * columns)
+        valid = valid & ~inside.T.reshape(runs, columns, rows)
+    valid = valid.reshape(runs, columns * rows)
+    real = jnp.repeat(real, rows, axis=1)
+    # Each run's items: `columns * rows` consecutive items from its first start's column.
+    first_items = lax.div(starts[:, 0], period) * rows
+    size = columns * rows
+    if columns == 1:
+        # One start per run: `rows` items that do not wrap, updated by slices in place.
+        for first, now, change in zip(first_items, valid, real):
+            if generation is not None:
+                old = lax.dynamic_slice_in_dim(generation, first, size)
+                new = jnp.where(change, _next(old, now), old)
+                generation = lax.dynamic_update_slice_in_dim(generation, new, first, 0)
+            values = jnp.where(now, weight, jnp.zeros_like(weight))
+            values = jnp.where(change, values, tree.leaves(first, size))
+            tree = tree.set_leaves(first, values)
+    else:
+        # Several starts per run (a write of more steps than the period): a run may wrap
+        # around the items, and one scatter of their few items beats two masked slices per
+        # run.
+        items = lax.rem(first_items[:, None] + jnp.arange(size), total).reshape(-1)
+        valid, real = valid.reshape(-1), real.reshape(-1)
+        if generation is not None:
+            new = _next(generation[items], valid)
+            generation = generation.at[jnp.where(real, items, total)].set(new, mode="drop")
+        values = jnp.where(valid, weight, jnp.zeros_like(weight))
+        tree = tree.set(items, values, real, duplicates_agree=True)
+    return tree, generation
+
+
+def _next(generation: Int[Array, " k"], valid: Bool[Array, " k"]) -> Int[Array, " k"]:
+    """The generation of changed items after a write that leaves them `valid`: odd exactly
+    while valid, moved on by two when a valid window is replaced by a new valid one."""
+    was = is_valid(generation)
+    return (
+        generation
+        + (was != valid).astype(generation.dtype)
+        + 2 * (was & valid).astype(generation.dtype)
+    )

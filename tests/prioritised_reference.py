@@ -3,9 +3,9 @@
 Physical index `p` holds the newest global step `g` with `g % capacity == p`. An item is a
 window of `length` steps of one row starting at a physical multiple of `period`; it is valid
 when all its positions hold stored steps whose global times are consecutive. An add gives
-every window it writes into that is valid before or after it a new generation, and the
-running maximum priority if valid after it, zero otherwise. A window's mask comes from the
-episode ends at its global times.
+every window it writes into that is valid before or after it a new generation (odd exactly
+while valid), and the running maximum priority if valid after it, zero otherwise. A
+window's mask comes from the episode ends at its global times.
 """
 
 import numpy as np
@@ -36,7 +36,13 @@ class PrioritisedReference:
         return g if g >= self.total - self.capacity else None
 
     def item(self, row, start):
-        return row * self.starts_per_row + start // self.period
+        # Column by column: the windows of all rows that start at one time are consecutive.
+        return (start // self.period) * self.rows + row
+
+    def window(self, item):
+        """The `(row, start)` of an item's window."""
+        column, row = divmod(item, self.rows)
+        return row, column * self.period
 
     def window_times(self, start):
         """Global times of the window at physical `start`, or None if it is not valid."""
@@ -80,9 +86,11 @@ class PrioritisedReference:
             for row in range(self.rows):
                 item = self.item(row, start)
                 # A window written into that is valid neither before nor after keeps priority
-                # 0 and its generation: no update could have been aimed at it.
+                # 0 and its generation: no update could have been aimed at it. A generation
+                # is odd exactly while the window is valid, so one that was valid and is
+                # valid again (a new window) moves on by two.
                 if window & written and (valid_after[item] or valid_before[item]):
-                    self.generation[item] += 1
+                    self.generation[item] += 2 if valid_before[item] and valid_after[item] else 1
                     self.priority[item] = self.max_priority if valid_after[item] else 0
 
     def set_priorities(self, indices, priorities):

@@ -163,8 +163,8 @@ def test_prioritised_mask_matches_reference(scenario):
         if not buffer.can_sample(state):
             assert bool(jnp.all(sample.mask))
             continue
-        rows_, grid = np.divmod(np.asarray(sample.indices) % ref.num_items, ref.starts_per_row)
-        expected = [ref.mask(r, g * period, ends) for r, g in zip(rows_, grid)]
+        windows = [ref.window(item) for item in np.asarray(sample.indices) % ref.num_items]
+        expected = [ref.mask(row, start, ends) for row, start in windows]
         np.testing.assert_array_equal(sample.mask, np.stack(expected))
 
 

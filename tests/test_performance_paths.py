@@ -51,6 +51,39 @@ def test_add_writes_slices_in_place(steps, updates_per_leaf):
     assert storage_copies(hlo) == []
 
 
+@pytest.mark.parametrize(
+    "make,kwargs",
+    [
+        (eqx_replay.make_prioritised_trajectory_buffer, {}),
+        (
+            eqx_replay.make_trajectory_buffer,
+            dict(episode_end=lambda step: step["done"], boundary="strict"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("period", [1, 3])
+def test_sum_tree_add_of_one_step_writes_slices_in_place(make, kwargs, period):
+    # Items are numbered column by column, so the windows one step completes and the
+    # windows it overwrites are two runs of consecutive items: slices, not scatters.
+    buffer = make(
+        add_batch_size=ROWS,
+        sample_batch_size=8,
+        sample_sequence_length=4,
+        period=period,
+        min_length_time_axis=4,
+        max_length_time_axis=CAPACITY // period * period,
+        **kwargs,
+    )
+    state = buffer.init(EXAMPLE)
+    batch = jax.tree.map(lambda x: jnp.zeros((ROWS, 1, *x.shape), x.dtype), EXAMPLE)
+    hlo = buffer.add.lower(state, batch).compile().as_text()  # pyright: ignore[reportFunctionMemberAccess] # a jitted function
+    assert "scatter" not in hlo
+    assert "sort" not in hlo
+    entry = hlo[hlo.index("ENTRY") :]
+    # No copy of anything bigger than a scalar: every array is updated in place.
+    assert re.findall(r"= \w+\[\d[^\]]*\]\S* copy\(", entry) == []
+
+
 def test_donated_add_aliases_the_state():
     hlo = compiled_add(1)
     header = hlo.splitlines()[0]

@@ -83,8 +83,9 @@ def check_sample(buffer, state, ref, sample):
     assert (ref.priority[items] > 0).all()
     probabilities = ref.priority[items] / ref.priority.sum()
     np.testing.assert_allclose(np.asarray(sample.probabilities), probabilities, rtol=1e-5)
-    np.testing.assert_array_equal(items // ref.starts_per_row, rows)
-    np.testing.assert_array_equal((items % ref.starts_per_row) * ref.period, first % ref.capacity)
+    windows = np.array([ref.window(item) for item in items])
+    np.testing.assert_array_equal(windows[:, 0], rows)
+    np.testing.assert_array_equal(windows[:, 1], first % ref.capacity)
 
 
 @st.composite
@@ -209,6 +210,22 @@ def test_sum_tree_stays_exact_and_never_samples_zero():
     np.testing.assert_allclose(
         np.asarray(probabilities), leaves[np.asarray(items)] / leaves.sum(), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("num_leaves", [7, 32, 1000, 40_000])
+def test_set_leaves_matches_set(num_leaves):
+    # Runs of consecutive items anywhere, the last ones included, as `add` writes them.
+    rng = np.random.default_rng(num_leaves)
+    tree = eqx_replay.SumTree.zeros(num_leaves)
+    for _ in range(12):
+        size = int(rng.integers(1, min(num_leaves, 70) + 1))
+        start = int(rng.choice([0, num_leaves - size, rng.integers(0, num_leaves - size + 1)]))
+        values = jnp.asarray(rng.uniform(0, 2, size) * (rng.uniform(size=size) < 0.7))
+        values = values.astype(jnp.float32)
+        expected = tree.set(jnp.arange(start, start + size), values, jnp.ones(size, bool))
+        tree = tree.set_leaves(jnp.array(start), values)
+        np.testing.assert_array_equal(np.asarray(tree.nodes), np.asarray(expected.nodes))
+        check_tree(tree)
 
 
 def test_duplicate_indices_last_wins():
@@ -359,9 +376,9 @@ def test_no_retracing(monkeypatch):
     import eqx_replay._ring as ring
 
     buffer = make(1, 22, 2, 2, samples=3)  # a capacity no other test uses
-    traced_add = eqx.debug.assert_max_traces(ring.changed_window_starts, max_traces=1)
+    traced_add = eqx.debug.assert_max_traces(ring.changed_window_runs, max_traces=1)
     traced_tree = eqx.debug.assert_max_traces(sum_tree._last_occurrence, max_traces=1)
-    monkeypatch.setattr(ring, "changed_window_starts", traced_add)
+    monkeypatch.setattr(ring, "changed_window_runs", traced_add)
     monkeypatch.setattr(sum_tree, "_last_occurrence", traced_tree)
     state = buffer.init(EXAMPLE)
     for i in range(12):
