@@ -10,6 +10,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_priorities, check_state
 from ._config import Boundary, donate_flag, episode_config, prioritised_config
+from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
@@ -17,7 +18,7 @@ from ._sum_tree import SumTree
 from ._windows import is_valid, item_windows, num_items, update_items
 
 
-class PrioritisedTrajectoryBufferState(eqx.Module):
+class PrioritisedTrajectoryBufferState(Data):
     """What a prioritised trajectory buffer stores.
 
     **Fields:**
@@ -49,7 +50,7 @@ class PrioritisedTrajectoryBufferState(eqx.Module):
         return is_valid(self.generation)
 
 
-class PrioritisedTrajectoryBufferSample(eqx.Module):
+class PrioritisedTrajectoryBufferSample(Data):
     """A batch of windows drawn in proportion to priority.
 
     **Fields:**

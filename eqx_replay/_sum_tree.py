@@ -22,6 +22,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from ._data import Data
 from ._random import uniform
 
 
@@ -40,7 +41,7 @@ def _offsets(sizes: list[int]) -> list[int]:
     return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
-class SumTree(eqx.Module):
+class SumTree(Data):
     """Priorities of a fixed number of items, with the sums of their groups.
 
     **Fields:**

@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_state
 from ._config import Boundary, donate_flag, episode_config, grid_capacity, trajectory_config
+from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
@@ -19,7 +20,7 @@ from ._sum_tree import SumTree
 from ._windows import item_windows, num_items, update_items
 
 
-class TrajectoryBufferState(eqx.Module):
+class TrajectoryBufferState(Data):
     """What a trajectory buffer stores.
 
     **Fields:**
@@ -49,7 +50,7 @@ class StrictTrajectoryBufferState(TrajectoryBufferState):
     windows: SumTree
 
 
-class TrajectoryBufferSample(eqx.Module):
+class TrajectoryBufferSample(Data):
     """A batch of windows drawn from a trajectory buffer.
 
     **Fields:**
