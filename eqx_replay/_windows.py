@@ -85,8 +85,10 @@ def update_items(
     valid = _ring.window_complete(starts, new_index, new_is_full, capacity, length)
     valid = jnp.broadcast_to(valid[..., None], (runs, columns, rows))
     if ends is not None:
-        inside = _ring.ends_inside(ends, starts.reshape(-1), length)  # (rows, runs * columns)
-        valid = valid & ~inside.T.reshape(runs, columns, rows)
+        inside = jnp.stack(
+            [_ring.ends_inside(ends, first, columns, period, length) for first in starts[:, 0]]
+        )  # (runs, rows, columns)
+        valid = valid & ~inside.transpose(0, 2, 1)
     valid = valid.reshape(runs, columns * rows)
     real = jnp.repeat(real, rows, axis=1)
     # Each run's items: `columns * rows` consecutive items from its first start's column.

@@ -42,3 +42,27 @@ def test_read_under_vmap():
     for i in range(2):
         want = expected(jax.tree.map(lambda x: x[i], store), rows[i], starts[i], 4)
         assert jax.tree.all(jax.tree.map(np.array_equal, jax.tree.map(lambda x: x[i], got), want))
+
+
+@pytest.mark.parametrize("width", [1, 5, CAPACITY])
+def test_span_reads_every_start_wrapping_or_not(width):
+    values = storage()["obs"][..., 0]
+    for first in range(CAPACITY):
+        got = jax.jit(_ring.span, static_argnums=2)(values, jnp.array(first), width)
+        times = (first + np.arange(width)) % CAPACITY
+        np.testing.assert_array_equal(got, np.asarray(values)[:, times])
+
+
+@pytest.mark.parametrize(
+    "columns,period,length", [(1, 1, 1), (1, 1, 4), (2, 1, 5), (3, 2, 4), (4, 3, 6)]
+)
+def test_ends_inside_matches_a_scan_of_each_window(columns, period, length):
+    # Episode ends at random steps; with 4 columns of period 3 and length 6 the windows
+    # cover more steps than the capacity (the gather path).
+    ends = jnp.asarray(np.random.default_rng(columns * length).uniform(size=(ROWS, CAPACITY)) < 0.2)
+    for first in range(CAPACITY):
+        got = _ring.ends_inside(ends, jnp.array(first), columns, period, length)
+        starts = first + period * np.arange(columns)
+        times = (starts[:, None] + np.arange(length - 1)) % CAPACITY
+        expected = np.asarray(ends)[:, times].any(axis=-1)
+        np.testing.assert_array_equal(got, expected)
