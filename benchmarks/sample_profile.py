@@ -1,13 +1,21 @@
-"""Where a `sample` spends its time, next to the gather it cannot avoid.
+"""Where a `sample` spends its time: computing it, or waiting for memory.
 
-For a full buffer of 16 rows x 10,240 steps of `{obs: f32[64], reward: f32, done: bool}`,
-times, alternating in one process (median per call, each call blocked on):
+For a full buffer of 16 rows x 10,240 steps of `{obs: f32[64], reward: f32, done: bool}`
+(42 MB of observations, more than this machine's caches), times, alternating in one process
+(median per call of 15 rounds; only the latest output is kept alive, as in training):
 
-- `eqx_replay` `sample` and Flashbax's `jax.jit(sample)`;
-- the gather alone: XLA's gather of the same windows (indices fixed), per leaf, as both
-  libraries compile it;
-- the same windows read as contiguous `dynamic_slice`s (the best-case layout for a gather);
-- an elementwise copy of the same number of output bytes (what a memcpy-speed gather costs).
+- `eqx_replay` `sample` and Flashbax's `jax.jit(sample)`, with **fresh windows**: a new key
+  every call, so every window is read from main memory, as in training (this is what row c
+  of `compare_flashbax.py` measures);
+- the same, with **cached windows**: the same key every call, so the same windows, already
+  in the CPU caches after the first call: what is left is the computation;
+- reading the windows alone, their indices given (from a cheap hash of the key), with
+  fresh and with cached windows: as a plain gather of `(S, L)` steps (`x[rows, times]`), and
+  as eqx_replay reads them (`_ring.read`: one contiguous block per window).
+
+The difference between the two columns of one library is the time spent waiting for memory:
+reading `S` windows of `L` steps from random places of a large ring. Both libraries read the
+same number of bytes from the same kind of places; no layout of the output changes that.
 
 Run with `python benchmarks/sample_profile.py [--tiny]`.
 """
@@ -20,29 +28,42 @@ from typing import Any
 
 import flashbax as fbx
 import jax
-import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 import eqx_replay
+from eqx_replay import _ring
 
 
-def per_call_us(fn, args, calls):
-    jax.block_until_ready(fn(*args))
+def per_call_us(fn, state, keys):
+    """Calls `fn(state, key)` for each key, keeping only the latest output alive."""
+    out = None
     start = time.perf_counter()
-    for _ in range(calls):
-        jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / calls * 1e6
+    for key in keys:
+        out = fn(state, key)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / len(keys) * 1e6
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
     args = parser.parse_args()
-    rows, steps, calls, rounds = (4, 256, 5, 2) if args.tiny else (16, 10_240, 200, 15)
+    rows, steps, calls, rounds = (4, 256, 5, 2) if args.tiny else (16, 10_240, 300, 15)
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
-    print("| sample S x L | eqx_replay | flashbax | gather alone | contiguous slices | copy |")
-    print("|---|---:|---:|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    batch = {
+        "obs": jnp.asarray(rng.standard_normal((rows, steps, 64), np.float32)),
+        "reward": jnp.asarray(rng.standard_normal((rows, steps), np.float32)),
+        "done": jnp.asarray(rng.uniform(size=(rows, steps)) < 0.01),
+    }
+    print(
+        "| sample S x L | eqx_replay fresh | flashbax fresh | ratio | eqx_replay cached "
+        "| flashbax cached | ratio | gather alone fresh | gather alone cached "
+        "| blocks alone fresh | blocks alone cached |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for samples, length in [(256, 16), (32, 80)]:
         config: dict[str, Any] = dict(
             add_batch_size=rows,
@@ -58,47 +79,57 @@ def main():
                 eqx_replay.make_trajectory_buffer(**config),
                 fbx.make_trajectory_buffer(**config),
             )
-        batch = jax.tree.map(lambda x: jnp.ones((rows, steps, *x.shape), x.dtype), example)
         state = ours.add(ours.init(example), batch)
         fstate = jax.jit(theirs.add)(theirs.init(example), batch)
-        key = jr.PRNGKey(0)
-        row = jr.randint(jr.key(1), (samples,), 0, rows)
-        start = jr.randint(jr.key(2), (samples,), 0, steps - length)
+
+        def windows(key):
+            # The windows' indices come from the key (a cheap hash, not a random draw).
+            i = jr.key_data(key)[..., -1].astype(jnp.int32) * 7919 + jnp.arange(samples) * 131
+            return i % rows, i % (steps - length)
 
         @jax.jit
-        def gather(experience, row, start):
+        def gather(experience, key):
+            row, start = windows(key)
             times = start[:, None] + jnp.arange(length)
             return jax.tree.map(lambda x: x[row[:, None], times], experience)
 
         @jax.jit
-        def slices(experience, row, start):
-            def window(x, r, s):
-                sizes = (1, length, *x.shape[2:])
-                return lax.dynamic_slice(x, (r, s) + (0,) * (x.ndim - 2), sizes)[0]
+        def blocks(experience, key):
+            row, start = windows(key)
+            return _ring.read(experience, row, start, length)
 
-            return jax.tree.map(
-                lambda x: jax.vmap(lambda r, s: window(x, r, s))(row, start), experience
-            )
-
-        out = gather(state.experience, row, start)
-
-        @jax.jit
-        def copy(out):
-            return jax.tree.map(lambda x: x + jnp.ones((), x.dtype), out)
-
+        fresh = list(jr.split(jr.key(1), calls))
+        cached = [fresh[0]] * calls
         contenders = {
-            "eqx_replay": (ours.sample, (state, key)),
-            "flashbax": (jax.jit(theirs.sample), (fstate, key)),
-            "gather alone": (gather, (state.experience, row, start)),
-            "contiguous slices": (slices, (state.experience, row, start)),
-            "copy": (copy, (out,)),
+            "eqx_replay fresh": (ours.sample, state, fresh),
+            "flashbax fresh": (jax.jit(theirs.sample), fstate, fresh),
+            "eqx_replay cached": (ours.sample, state, cached),
+            "flashbax cached": (jax.jit(theirs.sample), fstate, cached),
+            "gather fresh": (gather, state.experience, fresh),
+            "gather cached": (gather, state.experience, cached),
+            "blocks fresh": (blocks, state.experience, fresh),
+            "blocks cached": (blocks, state.experience, cached),
         }
+        for fn, fn_state, keys in contenders.values():
+            per_call_us(fn, fn_state, keys[:2])  # compile
         times = {name: [] for name in contenders}
         for _ in range(rounds):
-            for name, (fn, fn_args) in contenders.items():
-                times[name].append(per_call_us(fn, fn_args, calls))
-        cells = " | ".join(f"{statistics.median(t):.1f} µs" for t in times.values())
-        print(f"| {samples} x {length} | {cells} |")
+            for name, (fn, fn_state, keys) in contenders.items():
+                times[name].append(per_call_us(fn, fn_state, keys))
+        t = {name: statistics.median(v) for name, v in times.items()}
+        cells = [
+            f"{t['eqx_replay fresh']:.1f} µs",
+            f"{t['flashbax fresh']:.1f} µs",
+            f"{t['eqx_replay fresh'] / t['flashbax fresh']:.2f}",
+            f"{t['eqx_replay cached']:.1f} µs",
+            f"{t['flashbax cached']:.1f} µs",
+            f"{t['eqx_replay cached'] / t['flashbax cached']:.2f}",
+            f"{t['gather fresh']:.1f} µs",
+            f"{t['gather cached']:.1f} µs",
+            f"{t['blocks fresh']:.1f} µs",
+            f"{t['blocks cached']:.1f} µs",
+        ]
+        print(f"| {samples} x {length} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
