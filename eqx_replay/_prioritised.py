@@ -15,7 +15,7 @@ from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sum_tree import SumTree
-from ._windows import is_valid, item_windows, num_items, update_items
+from ._windows import is_valid, item_windows, num_items, update_items, window_number
 
 
 class PrioritisedTrajectoryBufferState(Data):
@@ -141,7 +141,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
 
     @property
     def _generations(self) -> int:
-        # `indices` carry `generation % _generations` above the item number, in an int32.
+        # `indices` carry the window number (see `window_number`) modulo `_generations`
+        # above the item number, in an int32.
         return (2**31 - 1) // self._num_items
 
     def init(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
@@ -175,7 +176,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
     ) -> PrioritisedTrajectoryBufferState:
         """Appends a batch of trajectory pieces (see `TrajectoryBuffer.add`). Windows that
         the write completes get the largest priority set so far and a new generation;
-        windows it overwrites get priority zero and a new generation. With
+        windows it overwrites that were valid get priority zero and a new generation. With
         `boundary="strict"`, a completed window in which an episode ends before its last
         step gets priority zero and stays invalid: no `set_priorities` revives it."""
         where = "PrioritisedTrajectoryBuffer.add"
@@ -250,7 +251,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             where, self.episode_end, self.boundary, windows, self.sample_batch_size, length
         )
         experience, mask = poison_unless(ok, (windows, mask))
-        indices = (state.generation[items] % self._generations) * self._num_items + items
+        number = window_number(state.generation[items]) % self._generations
+        indices = number * self._num_items + items
         return PrioritisedTrajectoryBufferSample(
             experience, indices, jnp.where(ok, probabilities, 0.0), mask
         )
@@ -279,7 +281,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         in_range = (indices >= 0) & (generation < self._generations)
         items = jnp.where(in_range, items, 0)
         stored = state.generation[items]
-        current = is_valid(stored) & (stored % self._generations == generation)
+        current = is_valid(stored) & (window_number(stored) % self._generations == generation)
         finite = jnp.isfinite(priorities) & (priorities >= 0)
         keep = in_range & current & finite
         values = jnp.where(keep, priorities, 0.0) ** self.priority_exponent

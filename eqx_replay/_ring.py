@@ -16,6 +16,17 @@ from jaxtyping import Array, ArrayLike, Bool, Int, PyTree, Shaped
 from ._control import for_each_true, run_if
 
 
+def rem(x: Int[Array, "*shape"], n: int) -> Int[Array, "*shape"]:
+    """`x % n` for `x >= 0`: `lax.rem`, without the sign corrections of `%`, so that XLA
+    fuses the index arithmetic into fewer kernels."""
+    return lax.rem(x, jnp.asarray(n, x.dtype))
+
+
+def div(x: Int[Array, "*shape"], n: int) -> Int[Array, "*shape"]:
+    """`x // n` for `x >= 0` (see `rem`)."""
+    return lax.div(x, jnp.asarray(n, x.dtype))
+
+
 def empty(
     example: PyTree[ArrayLike], rows: int, capacity: int
 ) -> tuple[PyTree[Shaped[Array, "rows capacity ..."]], Int[Array, ""], Bool[Array, ""]]:
@@ -64,9 +75,9 @@ def window_complete(
 ) -> Bool[Array, "*shape"]:
     """Whether the `length` steps from physical index `start` are all stored and do not
     cross the write head (for windows on a grid of physical indices)."""
-    # Steps from `start` forward up to the newest one, in [1, capacity] (`lax.rem` of a
+    # Steps from `start` forward up to the newest one, in [1, capacity] (`rem` of a
     # non-negative value: `0 <= start < capacity`).
-    ahead = lax.rem(current_index - 1 - start + capacity, capacity) + 1
+    ahead = rem(current_index - 1 - start + capacity, capacity) + 1
     return (ahead >= length) & (is_full | (start < current_index))
 
 
@@ -85,18 +96,17 @@ def changed_window_runs(
     """
     # Each range of starts begins at `lowest`: `length - 1` steps before the write for the
     # completed windows, at it for the overwritten ones. Both runs are computed as one
-    # vector, and offset by `capacity` to stay non-negative, so that `lax.div` and
-    # `lax.rem` need no sign corrections: XLA makes a few small kernels, not one per
-    # scalar.
+    # vector, and offset by `capacity` to stay non-negative, so that `div` and `rem` need
+    # no sign corrections: XLA makes a few small kernels, not one per scalar.
     lowest = current_index + jnp.array([capacity - length + 1, 0], current_index.dtype)
-    grid = lowest if period == 1 else lax.div(lowest + period - 1, period) * period
+    grid = lowest if period == 1 else div(lowest + period - 1, period) * period
     candidates = grid[:, None] + period * jnp.arange(-(-steps // period))
     real = candidates < lowest[:, None] + steps
     # The two ranges are `length - 1` steps apart on a ring of `capacity`.
     if steps > length - 1 or steps > capacity - length + 1:
-        in_completed = lax.rem(candidates[1] - lowest[0] + capacity, capacity) < steps
+        in_completed = rem(candidates[1] - lowest[0] + capacity, capacity) < steps
         real = jnp.stack([real[0], real[1] & ~in_completed])
-    return lax.rem(candidates, capacity), real
+    return rem(candidates, capacity), real
 
 
 def span(
@@ -134,7 +144,7 @@ def ends_inside(
         return jnp.zeros((rows, columns), bool)
     width = period * (columns - 1) + length - 1  # the steps the windows cover, together
     begin = period * np.arange(columns)
-    if width > capacity:  # only for writes of about the whole capacity
+    if width > capacity:  # windows that together cover more than the ring
         times = (first + begin[:, None] + np.arange(length - 1)) % capacity
         return jnp.any(ends[:, times], axis=-1)
     # Ends before each step, over the steps the windows cover: a window's ends are a

@@ -111,8 +111,9 @@ class SumTree(Data):
         return lax.dynamic_slice_in_dim(self.nodes, start, size)
 
     def set_leaves(self, start: Int[Array, ""], values: Float[Array, " size"]) -> "SumTree":
-        """Sets the priorities of items `start` to `start + size - 1` to `values`
-        (`start + size <= num_leaves`), by slices: no scatter, no sort.
+        """Sets the priorities of items `start` to `start + size - 1` to `values`, by
+        slices: no scatter, no sort. Requires `start + size <= num_leaves` (the caller's
+        promise: the slice would be clamped, not checked).
 
         A run of consecutive items has consecutive ancestors, so every level is updated by
         reading the children of a few consecutive groups and writing their sums back with

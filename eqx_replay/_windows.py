@@ -10,8 +10,9 @@ head, and, when episode ends are enforced, no episode ends before its last step.
 
 Only a write can change validity, and only for the windows it completes or overwrites:
 those start in two ranges of consecutive times, which are two runs of consecutive items.
-So an `add` updates its items with slices (`dynamic_update_slice`, in place), never with
-a scatter, and its work is proportional to the steps added, never to the capacity.
+So an `add` of at most `period` steps (one start per run) updates its items with slices
+(`dynamic_update_slice`, in place), with no scatter; a longer one scatters its few items.
+Either way its work is proportional to the steps added, never to the capacity.
 """
 
 import jax.lax as lax
@@ -40,6 +41,13 @@ def item_windows(
 def is_valid(generation: Int[Array, "*shape"]) -> Bool[Array, "*shape"]:
     """Whether items are valid, from their generation: odd exactly while valid."""
     return (generation & 1) == 1
+
+
+def window_number(generation: Int[Array, "*shape"]) -> Int[Array, "*shape"]:
+    """Which of the windows stored at an item it holds, counted one by one: a generation
+    moves on by two from one valid window to the next (through an invalid one or not), so
+    half of it counts them."""
+    return generation >> 1
 
 
 def update_items(
@@ -92,7 +100,7 @@ def update_items(
     valid = valid.reshape(runs, columns * rows)
     real = jnp.repeat(real, rows, axis=1)
     # Each run's items: `columns * rows` consecutive items from its first start's column.
-    first_items = lax.div(starts[:, 0], period) * rows
+    first_items = _ring.div(starts[:, 0], period) * rows
     size = columns * rows
     if columns == 1:
         # One start per run: `rows` items that do not wrap, updated by slices in place.
@@ -108,7 +116,7 @@ def update_items(
         # Several starts per run (a write of more steps than the period): a run may wrap
         # around the items, and one scatter of their few items beats two masked slices per
         # run.
-        items = lax.rem(first_items[:, None] + jnp.arange(size), total).reshape(-1)
+        items = _ring.rem(first_items[:, None] + jnp.arange(size), total).reshape(-1)
         valid, real = valid.reshape(-1), real.reshape(-1)
         if generation is not None:
             new = _next(generation[items], valid)

@@ -102,7 +102,7 @@ class PrioritisedReference:
                 0 <= index
                 and generation < self.generations
                 and valid[item]
-                and self.generation[item] % self.generations == generation
+                and (self.generation[item] // 2) % self.generations == generation
                 and np.isfinite(value)
                 and value >= 0
             ):
