@@ -133,6 +133,29 @@ def test_matches_reference(scenario):
         assert bool(buffer.can_sample(state)) == (ref.total >= length and ref.valid().any())
 
 
+@pytest.mark.parametrize("period,length,rows", [(1, 5, 4), (3, 7, 12)])
+def test_matches_reference_on_a_tree_of_two_levels(period, length, rows):
+    # About 2,000 items: `add` updates two levels of groups by slices (and by a scatter for
+    # adds of more than `period` steps).
+    capacity = 512 // period * period
+    buffer = make(rows, capacity, length, period, samples=16)
+    ref = PrioritisedReference(rows, capacity, length, period, 0.6)
+    state = buffer.init(EXAMPLE)
+    rng = np.random.default_rng(period)
+    for i in range(40):
+        steps = int(rng.choice([1, 1, 2, period + 1, 37]))
+        state = buffer.add(state, steps_batch(rows, ref.total, steps))
+        ref.add(steps)
+        if i % 4 == 3:
+            sample = buffer.sample(state, jax.random.key(i))
+            check_sample(buffer, state, ref, sample)
+            values = rng.uniform(0.1, 3, sample.indices.shape).astype(np.float32)
+            state = buffer.set_priorities(state, sample.indices, jnp.asarray(values))
+            ref.set_priorities(sample.indices, values)
+    assert len(sum_tree._level_sizes(ref.num_items)) == 3
+    check_against(state, ref)
+
+
 def test_frequencies_follow_priority_to_the_exponent():
     rows, capacity, length, period = 2, 12, 3, 3
     buffer = make(rows, capacity, length, period, samples=8192, exponent=0.5)
