@@ -5,12 +5,17 @@ costs nothing at run time and leaves the state untouched. Messages name the call
 path, what was expected and what came.
 """
 
+import functools as ft
+from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, PyTree
 
 
@@ -34,6 +39,18 @@ def check_example(where: str, experience: PyTree) -> None:
                 f"`{where}`: leaf {_path(path)} is a {type(leaf).__name__} ({leaf!r}); "
                 "expected an array. Wrap Python numbers with `jnp.asarray` so the dtype "
                 "and shape stored in the buffer are explicit."
+            )
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise TypeError(
+                f"`{where}`: leaf {_path(path)} is an array of PRNG keys "
+                f"({leaf.dtype}{list(leaf.shape)}); a buffer stores numeric arrays: store "
+                "`jax.random.key_data(key)` and rebuild the keys from a sample with "
+                "`jax.random.wrap_key_data`"
+            )
+        if not (jnp.issubdtype(leaf.dtype, jnp.number) or leaf.dtype == jnp.bool_):
+            raise TypeError(
+                f"`{where}`: leaf {_path(path)} has dtype {leaf.dtype}; expected a numeric "
+                "or boolean dtype"
             )
 
 
@@ -106,35 +123,85 @@ def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: in
     return steps_seen[1]
 
 
+@ft.cache
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of a raw key (`jax.random.PRNGKey`) of the default implementation `impl`."""
+    del impl  # the cache key: the shape is read from the configuration in force
+    return tuple(jax.eval_shape(lambda: jr.PRNGKey(0)).shape)
+
+
 def check_key(where: str, key: Any) -> None:
-    """A key is a typed key of shape `()` (`jax.random.key`) or a raw `uint32[2]`
-    (`jax.random.PRNGKey`; `uint32[4]` under `jax_default_prng_impl="rbg"`)."""
+    """A key is a typed key of shape `()` (`jax.random.key`) or a raw key of the default
+    implementation (`jax.random.PRNGKey`: `uint32[2]`, or `uint32[4]` under
+    `jax_default_prng_impl="rbg"`)."""
     dtype = getattr(key, "dtype", None)
     shape = tuple(getattr(key, "shape", ()))
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
         return
-    if dtype == jnp.uint32 and shape in ((2,), (4,)):
+    impl = str(jax.config.jax_default_prng_impl)  # pyright: ignore[reportAttributeAccessIssue]
+    raw_shape = _raw_key_shape(impl)
+    if dtype == jnp.uint32 and shape == raw_shape:
         return
     got = f"{dtype}{list(shape)}" if dtype is not None else type(key).__name__
     raise TypeError(
         f"`{where}`: `rng_key` must be a single PRNG key, from `jax.random.key(seed)` or "
-        f"`jax.random.PRNGKey(seed)`; got {got}"
+        f"`jax.random.PRNGKey(seed)` (uint32{list(raw_shape)} with the default "
+        f"implementation, {impl}); got {got}"
     )
 
 
-def check_state(where: str, state: Any, state_type: type, storage_prefix: tuple[int, int]) -> None:
-    """A state must be of the buffer's state type, with storage leaves
-    `(rows, capacity, ...)` as this buffer's `init` makes them."""
-    if not isinstance(state, state_type):
-        raise TypeError(
-            f"`{where}`: `state` must be a {state_type.__name__}; got {type(state).__name__}"
+def check_state(
+    where: str,
+    state: Any,
+    state_type: type,
+    storage_prefix: tuple[int, int],
+    empty: Callable[[PyTree], Any],
+) -> None:
+    """A state must be what this buffer's `init` makes: of exactly the buffer's state type,
+    with storage leaves `(rows, capacity, ...)`, and every other field of the same tree
+    structure, shape and dtype as `empty` (`init` without its checks) gives for the stored
+    experience."""
+    if type(state) is not state_type:
+        hint = (
+            ": was the state made by another buffer's `init`?"
+            if isinstance(state, eqx.Module)
+            else ""
         )
+        raise TypeError(
+            f"`{where}`: `state` must be a {state_type.__name__}, as this buffer's `init` "
+            f"makes it; got {type(state).__name__}{hint}"
+        )
+    example = []
     for path, leaf in jtu.tree_flatten_with_path(state.experience)[0]:
-        if tuple(leaf.shape[:2]) != storage_prefix:
+        shape = tuple(getattr(leaf, "shape", ()))
+        if shape[:2] != storage_prefix or not hasattr(leaf, "dtype"):
             raise ValueError(
-                f"`{where}`: state leaf {_path(path)} has shape {tuple(leaf.shape)}; "
-                f"this buffer stores {storage_prefix + ('...',)}: was the state made by "
-                "another buffer's `init`?"
+                f"`{where}`: state leaf {_path(path)} has shape {shape}; this buffer stores "
+                f"{storage_prefix + ('...',)}: was the state made by another buffer's `init`?"
+            )
+        example.append(jax.ShapeDtypeStruct(shape[2:], leaf.dtype))
+    example = jtu.tree_unflatten(jtu.tree_structure(state.experience), example)
+    expected = jax.eval_shape(
+        lambda: empty(jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), example))
+    )
+    if jtu.tree_structure(state) != jtu.tree_structure(expected):
+        raise ValueError(
+            f"`{where}`: `state` has structure {jtu.tree_structure(state)}; this buffer's "
+            f"`init` makes {jtu.tree_structure(expected)}: was the state made by another "
+            "buffer's `init`?"
+        )
+    for (path, leaf), want in zip(jtu.tree_flatten_with_path(state)[0], jtu.tree_leaves(expected)):
+        shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+        if shape is None or dtype is None:
+            raise TypeError(
+                f"`{where}`: state field {_path(path)} is a {type(leaf).__name__}; expected "
+                f"an array {want.dtype}{list(want.shape)}"
+            )
+        if tuple(shape) != want.shape or dtype != want.dtype:
+            raise (ValueError if tuple(shape) != want.shape else TypeError)(
+                f"`{where}`: state field {_path(path)} is {dtype}{list(shape)}; expected "
+                f"{want.dtype}{list(want.shape)}, as this buffer's `init` makes it: was the "
+                "state made by another buffer's `init`, or changed by hand?"
             )
 
 
@@ -160,3 +227,25 @@ def check_priorities(where: str, indices: Any, priorities: Any) -> tuple[Array, 
             f"shape {tuple(indices.shape)}; expected one priority per index"
         )
     return jnp.asarray(indices, jnp.int32), jnp.asarray(priorities, jnp.float32)
+
+
+def check_beta(where: str, beta: Any) -> None:
+    """`beta` must be a number in `[0, 1]`; a traced `beta` cannot be checked and passes."""
+    if isinstance(beta, Tracer):
+        return
+    dtype = getattr(beta, "dtype", None)
+    is_number = isinstance(beta, (int, float, np.integer, np.floating)) and not isinstance(
+        beta, (bool, np.bool_)
+    )
+    is_scalar_array = (
+        dtype is not None
+        and tuple(getattr(beta, "shape", ())) == ()
+        and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    )
+    if not (is_number or is_scalar_array):
+        shape = list(getattr(beta, "shape", ()))
+        got = f"{dtype}{shape}" if dtype is not None else f"{type(beta).__name__} {beta!r}"
+        raise TypeError(f"`{where}`: `beta` must be a number in [0, 1]; got {got}")
+    value = float(beta)
+    if not 0 <= value <= 1:
+        raise ValueError(f"`{where}`: `beta` must be in [0, 1]; got {value}")

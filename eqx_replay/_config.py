@@ -1,12 +1,52 @@
-"""Validation of buffer configurations: errors name the argument, warnings match Flashbax's."""
+"""Validation of buffer configurations: errors name the argument, warnings match Flashbax's.
+
+Index arithmetic runs in int32 (JAX's default integer), so configurations whose indices
+would overflow it are refused here, before anything is allocated:
+
+- a ring's arithmetic (write head, window starts, windows that wrap) reaches twice the time
+  axis;
+- the bookkeeping of windows as items (prioritised buffers, `boundary="strict"`) reaches
+  four times the time axis and twice the number of items;
+- a prioritised buffer's handles (`sample.indices`) hold the item and its window number
+  modulo `(2**31 - 1) // items`, which must leave at least `MIN_GENERATIONS` window numbers
+  for stale updates to be told apart.
+"""
 
 import math
+import numbers
 import operator
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, cast, get_args, Literal
 
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
 from jaxtyping import PyTree
+
+
+INT32_MAX = 2**31 - 1
+MIN_GENERATIONS = 16
+
+# Frames in these files are the library's (or the libraries it calls through), not the
+# user's: a warning is attributed to the first frame outside them.
+_INTERNAL = tuple(
+    os.path.dirname(path) + os.sep for path in (__file__, eqx.__file__) if path is not None
+)
+
+
+def _warn(message: str) -> None:
+    """`warnings.warn(message)`, attributed to the user's line that made the buffer."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_INTERNAL)
+        or frame.f_code.co_filename.startswith("<@beartype")
+        or "jaxtyping" + os.sep in frame.f_code.co_filename
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -66,13 +106,13 @@ def trajectory_config(
                 "each row holds at least one step"
             )
         if size % rows:
-            warnings.warn(
+            _warn(
                 f"`max_size` ({size}) is not a multiple of `add_batch_size` ({rows}); the "
-                f"buffer holds {capacity} steps per row, {capacity * rows} in all",
-                stacklevel=3,
+                f"buffer holds {capacity} steps per row, {capacity * rows} in all"
             )
     else:
         capacity = _positive_int("max_length_time_axis", max_length_time_axis)
+    check_time_axis(capacity, INT32_MAX // 2, "a ring's index arithmetic reaches 2 x the time axis")
     if length > capacity:
         raise ValueError(
             f"`sample_sequence_length` ({length}) must be <= the time axis "
@@ -84,17 +124,15 @@ def trajectory_config(
             f"({capacity} steps per row)"
         )
     if min_length < length:
-        warnings.warn(
+        _warn(
             f"`min_length_time_axis` ({min_length}) is less than `sample_sequence_length` "
-            f"({length}); raising it to {length}, since no window exists before then",
-            stacklevel=3,
+            f"({length}); raising it to {length}, since no window exists before then"
         )
         min_length = length
     if period_ > length:
-        warnings.warn(
+        _warn(
             f"`period` ({period_}) is greater than `sample_sequence_length` ({length}): "
-            f"{period_ - length} of every {period_} steps are never sampled",
-            stacklevel=3,
+            f"{period_ - length} of every {period_} steps are never sampled"
         )
     return rows, samples, length, period_, min_length, capacity
 
@@ -111,13 +149,48 @@ def prioritised_config(
     **Returns:** `trajectory_config`'s tuple, with the rounded time axis, and the exponent.
     """
     rows, samples, length, period, min_length, capacity = trajectory_config(**trajectory)  # pyright: ignore[reportArgumentType] # keywords checked there
-    if isinstance(priority_exponent, bool) or not isinstance(priority_exponent, (int, float)):
-        raise TypeError(f"`priority_exponent` must be a float; got {priority_exponent!r}")
+    if isinstance(priority_exponent, bool) or not isinstance(priority_exponent, numbers.Real):
+        raise TypeError(
+            "`priority_exponent` must be a float; got "
+            f"{type(priority_exponent).__name__} {priority_exponent!r}"
+        )
     exponent = float(priority_exponent)
     if not (exponent >= 0 and math.isfinite(exponent)):
         raise ValueError(f"`priority_exponent` must be finite and >= 0; got {exponent}")
     rounded = grid_capacity(capacity, period, length, min_length)
+    check_items(rows, rounded, period, handles=True)
     return (rows, samples, length, period, min_length, rounded), exponent
+
+
+def check_time_axis(capacity: int, limit: int, why: str) -> None:
+    """Refuses a time axis over `limit` steps per row, saying `why`."""
+    if capacity > limit:
+        raise ValueError(
+            f"the time axis (`max_length_time_axis`, or `max_size // add_batch_size`) is "
+            f"{capacity} steps per row; at most {limit} are allowed, since {why} in int32"
+        )
+
+
+def check_items(rows: int, capacity: int, period: int, *, handles: bool) -> None:
+    """Refuses a buffer of windows as items whose bookkeeping would overflow int32 (see the
+    module docstring); `handles` for a buffer whose samples carry handles."""
+    check_time_axis(
+        capacity, INT32_MAX // 4, "the bookkeeping of windows reaches 4 x the time axis"
+    )
+    items = rows * (capacity // period)
+    limit = INT32_MAX // MIN_GENERATIONS if handles else INT32_MAX // 2
+    if items > limit:
+        why = (
+            f"a sample's `indices` hold the window and at least {MIN_GENERATIONS} window "
+            "numbers for stale updates to be detected"
+            if handles
+            else "their bookkeeping reaches 2 x the number of windows"
+        )
+        raise ValueError(
+            f"the buffer has {items} windows (`add_batch_size` {rows} x the time axis "
+            f"{capacity} / `period` {period}); at most {limit} are allowed, since {why}, "
+            "in int32"
+        )
 
 
 def grid_capacity(capacity: int, period: int, length: int, min_length: int) -> int:
@@ -126,10 +199,9 @@ def grid_capacity(capacity: int, period: int, length: int, min_length: int) -> i
     checked again after rounding."""
     rounded = capacity - capacity % period
     if rounded != capacity:
-        warnings.warn(
+        _warn(
             f"the time axis ({capacity} steps per row) is not a multiple of `period` "
-            f"({period}); rounding it down to {rounded}",
-            stacklevel=4,
+            f"({period}); rounding it down to {rounded}"
         )
         if rounded == 0:
             raise ValueError(
@@ -173,6 +245,8 @@ def episode_config(
             "episode-end leaf, e.g. `lambda step: step['done']`; got "
             f"{type(episode_end).__name__} {episode_end!r}"
         )
+    if episode_end is not None:
+        check_hashable(episode_end)
     if boundary != "ignore" and episode_end is None:
         raise ValueError(
             f"`boundary={boundary!r}` needs `episode_end`, a function from a step of "
@@ -180,3 +254,26 @@ def episode_config(
             "`episode_end=lambda step: step['done']`"
         )
     return episode_end, cast(Boundary, boundary)
+
+
+def check_hashable(episode_end: Callable[[PyTree], Any]) -> None:
+    """`episode_end` is a static field of the buffer, which JAX hashes to find its compiled
+    code: it must be hashable."""
+    try:
+        hash(episode_end)
+    except TypeError as error:
+        arrays = [
+            jtu.keystr(path)
+            for path, leaf in jtu.tree_flatten_with_path(episode_end)[0]
+            if isinstance(leaf, jax.Array)
+        ]
+        what = (
+            f"{type(episode_end).__name__}(...) with array leaves {', '.join(arrays)}"
+            if arrays
+            else f"an unhashable {type(episode_end).__name__} ({error})"
+        )
+        raise TypeError(
+            "`episode_end` is a static field of the buffer, so it must be hashable; got "
+            f"{what}. Close over the arrays in a function instead, e.g. "
+            "`episode_end=lambda step: my_end(step)`, or make them static fields."
+        ) from None

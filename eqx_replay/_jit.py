@@ -1,4 +1,4 @@
-"""How buffer methods are compiled.
+"""How buffer methods are compiled and called.
 
 A buffer is a Module whose fields are all static configuration, and every other argument of
 its methods is a pytree of arrays. For such a call, `jax.jit` of the method with the buffer
@@ -11,27 +11,53 @@ purpose, as each is a sizeable part of an in-place `add` (~15 us):
 - a static buffer argument would be hashed and compared through `Module.__getattribute__`,
   which runs in Python, on every call (~7 us).
 
-So `compiled_method` is a descriptor: looking up `buffer.add` returns the `jax.jit` of the
-method compiled for the buffer's configuration, made on first use and shared by buffers with
-equal configurations, to be called straight from C++. The first lookup on a buffer reads its
-fields straight from its `__dict__` (skipping `Module.__getattribute__`); later lookups find
-the answer by the buffer's `id`, guarded by a weak reference. Nothing is stored on the
-buffer itself: an extra attribute would change its pytree structure and its pickling.
-`jax.jit` also lets `add` donate the state and only the state: the batch is never consumed.
+So `compiled_method` is a descriptor: looking up `buffer.add` returns a function that calls
+the `jax.jit` of the method compiled for the buffer's configuration, made on first use and
+shared by buffers with equal configurations. The first lookup on a buffer reads its fields
+straight from its `__dict__` (skipping `Module.__getattribute__`); later lookups find the
+answer by the buffer's `id`, guarded by a weak reference. Nothing is stored on the buffer
+itself: an extra attribute would change its pytree structure and its pickling. `jax.jit`
+also lets `add` donate the state and only the state: the batch is never consumed.
+
+The function around the `jax.jit` is a Python call and a `try` (~0.2 us, measured in
+`benchmarks/dispatch_cost.py`); everything else happens while JAX traces, or after an error:
+
+- *Annotations*: the method runs under `jaxtyping.jaxtyped(typechecker=beartype)`, so its
+  jaxtyping annotations hold for every user, at trace time only. When they fail, the method
+  is traced once more without them, so that its own checks, whose messages name the call and
+  the leaf, speak first.
+- *Data, not parameters*: every argument passes through `lax.stop_gradient`. A loss that
+  samples from a state it differentiates gets a zero gradient for the state, instead of
+  JAX's refusal to reverse-differentiate the loops inside `sample`.
+- *Weak types*: an argument with a weakly typed leaf (`jnp.full(shape, 1.0)`) would make
+  JAX compile the method again for the same shapes and dtypes. The trace stops at once, and
+  the call is made again with the leaf strongly typed, which finds the compiled code. After
+  the first such call, the method converts weakly typed arguments before each call (~15 us
+  for a call with weak leaves, ~1 us for the others).
+- *Donated states*: a state whose arrays were donated to an earlier `add` fails inside
+  JAX; the error is replaced by one that says so and how to fix it.
 """
 
 import dataclasses
 import functools as ft
+import inspect
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Concatenate, Generic, overload, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, overload, ParamSpec, TypeVar
 
 import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from beartype import beartype
+from jax.core import Tracer
+from jaxtyping import Array, jaxtyped, TypeCheckError
 
 
 _B = TypeVar("_B")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 _MAX_SHARED = 64
@@ -40,6 +66,48 @@ _MAX_SHARED = 64
 @ft.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
+
+
+class _WeakTypes(Exception):
+    """Raised while tracing a call that has weakly typed leaves, to make it again without."""
+
+
+def _weak(leaf: Any) -> bool:
+    """Whether JAX traces `leaf` with a weak type: a Python number, or a weak array."""
+    if isinstance(leaf, (int, float, complex)):
+        return not isinstance(leaf, bool)
+    return bool(getattr(getattr(leaf, "aval", None), "weak_type", False))
+
+
+@jax.jit
+def _strong(leaves: list[Array]) -> list[Array]:
+    # An explicit dtype makes a strongly typed array; one call converts every leaf.
+    return [jnp.asarray(leaf, dtype=leaf.dtype) for leaf in leaves]
+
+
+def _strongly_typed(args: _T) -> _T:
+    """`args` with every weakly typed leaf made a strongly typed array of its dtype."""
+    leaves, structure = jtu.tree_flatten(args)
+    weak = [i for i, leaf in enumerate(leaves) if _weak(leaf)]
+    if weak:
+        for i, leaf in zip(weak, _strong([jnp.asarray(leaves[i]) for i in weak])):
+            leaves[i] = leaf
+    return jtu.tree_unflatten(structure, leaves)
+
+
+def _deleted(state: Any) -> bool:
+    """Whether some array of `state` has been deleted (tracers have no `is_deleted`)."""
+    return any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jtu.tree_leaves(state))
+
+
+def _donated_error(where: str) -> ValueError:
+    return ValueError(
+        f"`{where}`: the state's arrays have been deleted: the state was donated to an "
+        "earlier call (`add` or `set_priorities`), which updates the buffer in place and "
+        "consumes the state passed in. Rebind the result, `state = buffer.add(state, "
+        "batch)`, and use only the newest state; or build the buffer with "
+        "`donate_state=False` to keep old states valid (each `add` then copies the buffer)."
+    )
 
 
 class CompiledMethod(Generic[_B, _P, _R]):
@@ -53,6 +121,10 @@ class CompiledMethod(Generic[_B, _P, _R]):
         donates_state: bool,
     ):
         self._fn = fn
+        self._checked = jaxtyped(typechecker=beartype)(fn)
+        # Under jaxtyping's import hook `fn` is itself wrapped: unwrap it for the trace that
+        # lets the method's own checks speak.
+        self._unchecked = inspect.unwrap(fn)
         self._donates_state = donates_state
         # Buffers with equal configurations share one compiled function. Sweeps that make
         # many configurations in one process keep only the newest `_MAX_SHARED`.
@@ -63,11 +135,54 @@ class CompiledMethod(Generic[_B, _P, _R]):
 
     def _compile(self, buffer: _B, config: Hashable) -> Callable[_P, _R]:
         donate = self._donates_state and getattr(buffer, "donate_state")
-        compiled = jax.jit(ft.partial(self._fn, buffer), donate_argnums=0 if donate else ())
+        where = f"{type(buffer).__name__}.{self._fn.__name__}"
+        checked, unchecked = self._checked, self._unchecked
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            if any(_weak(leaf) for leaf in jtu.tree_leaves((args, kwargs))):
+                raise _WeakTypes
+            args, kwargs = lax.stop_gradient((args, kwargs))
+            try:
+                return checked(buffer, *args, **kwargs)
+            except TypeCheckError:
+                unchecked(buffer, *args, **kwargs)
+                raise
+
+        # JAX names arguments in its errors after the method's own parameters.
+        traced.__name__, traced.__qualname__ = self._fn.__name__, where
+        traced.__signature__ = inspect.signature(ft.partial(self._fn, buffer))  # pyright: ignore[reportFunctionMemberAccess] # read by `inspect.signature`
+        jitted = jax.jit(traced, donate_argnums=0 if donate else ())
+
+        # Set once a call with concrete weakly typed arguments has been seen: from then on
+        # the arguments after the state are made strongly typed before every call, instead
+        # of letting each such call start a trace that stops (~1 ms).
+        convert = False
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal convert
+            if convert and any(_weak(leaf) for leaf in jtu.tree_leaves(args[1:])):
+                args = (*args[:1], *_strongly_typed(args[1:]))
+            try:
+                return jitted(*args, **kwargs)
+            except _WeakTypes:
+                tracing = any(isinstance(x, Tracer) for x in jtu.tree_leaves(args))
+                convert = convert or not tracing
+                return jitted(*_strongly_typed(args), **_strongly_typed(kwargs))
+            except (ValueError, RuntimeError) as error:
+                if _deleted((args[:1], kwargs.get("state"))):
+                    raise _donated_error(where) from error
+                raise
+
+        call.__name__ = call.__qualname__ = where
+        call.__doc__ = self._fn.__doc__
+        # The `jax.jit` itself, and its stages to inspect the compiled code.
+        call.__wrapped__ = jitted  # pyright: ignore[reportFunctionMemberAccess]
+        call.lower = jitted.lower  # pyright: ignore[reportFunctionMemberAccess]
+        call.trace = jitted.trace  # pyright: ignore[reportFunctionMemberAccess]
         if len(self._shared) >= _MAX_SHARED:
             del self._shared[next(iter(self._shared))]
-        self._shared[config] = compiled
-        return compiled
+        self._shared[config] = call
+        return call
 
     @overload
     def __get__(
@@ -111,7 +226,8 @@ def compiled_method(
     - `donates_state`: whether the state's buffers are donated to the result (an in-place
       update) when the buffer's `donate_state` is true.
 
-    The method's jaxtyping annotations are checked while it is traced, never per call.
+    The method's jaxtyping annotations are checked while it is traced, never per call; its
+    arguments are data (no gradient flows through them).
     """
 
     def decorator(fn: Callable[Concatenate[_B, _P], _R]) -> CompiledMethod[_B, _P, _R]:

@@ -5,19 +5,29 @@ from typing import Any, cast
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
+import numpy as np
+from beartype import beartype
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
-from ._checks import check_batch, check_example, check_key, check_priorities, check_state
+from ._checks import (
+    check_batch,
+    check_beta,
+    check_example,
+    check_key,
+    check_priorities,
+    check_state,
+)
 from ._config import Boundary, donate_flag, episode_config, prioritised_config
 from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
 from ._jit import compiled_method
-from ._sum_tree import SumTree
+from ._sum_tree import priority_leaves, SumTree
 from ._windows import is_valid, item_windows, num_items, update_items, window_number
 
 
+@jaxtyped(typechecker=beartype)
 class PrioritisedTrajectoryBufferState(Data):
     """What a prioritised trajectory buffer stores.
 
@@ -50,6 +60,7 @@ class PrioritisedTrajectoryBufferState(Data):
         return is_valid(self.generation)
 
 
+@jaxtyped(typechecker=beartype)
 class PrioritisedTrajectoryBufferSample(Data):
     """A batch of windows drawn in proportion to priority.
 
@@ -100,7 +111,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         min_length_time_axis: int,
         max_size: int | None = None,
         max_length_time_axis: int | None = None,
-        priority_exponent: float = 0.6,
+        priority_exponent: float | int | np.floating | np.integer = 0.6,
         donate_state: bool = True,
         episode_end: Callable[[PyTree], Any] | None = None,
         boundary: Boundary = "ignore",
@@ -150,6 +161,9 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         where = "PrioritisedTrajectoryBuffer.init"
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
+        return self._empty(experience)
+
+    def _empty(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         storage, current_index, is_full = _ring.empty(
             experience, self.add_batch_size, self.max_length_time_axis
         )
@@ -162,12 +176,15 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             max_priority=jnp.array(1.0, jnp.float32),
         )
 
-    def _check_state(self, where: str, state: PrioritisedTrajectoryBufferState) -> None:
+    # `state` is annotated loosely so that a wrong state gets `check_state`'s message, also
+    # under jaxtyping's import hook.
+    def _check_state(self, where: str, state: object) -> None:
         check_state(
             where,
             state,
             PrioritisedTrajectoryBufferState,
             (self.add_batch_size, self.max_length_time_axis),
+            self._empty,
         )
 
     @compiled_method(donates_state=True)
@@ -215,6 +232,7 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
     def can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
         some window has a positive priority."""
+        self._check_state("PrioritisedTrajectoryBuffer.can_sample", state)
         return self._can_sample(state)
 
     def _can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
@@ -272,7 +290,11 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         An update is ignored, and the window keeps its priority, when the window has been
         overwritten or invalidated since it was sampled (its generation changed), when the
         index is out of range, or when the priority is negative, NaN or infinite. When an
-        index appears more than once, the last update wins.
+        index appears more than once, the last update wins; empty `indices` change nothing.
+
+        A positive priority's `priority ** priority_exponent` is stored inside
+        `[smallest normal float32, float32 max / (2 * windows)]`, so that the total stays
+        finite and the window sampleable whatever the priorities and the exponent.
         """
         where = "PrioritisedTrajectoryBuffer.set_priorities"
         self._check_state(where, state)
@@ -284,9 +306,13 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         current = is_valid(stored) & (window_number(stored) % self._generations == generation)
         finite = jnp.isfinite(priorities) & (priorities >= 0)
         keep = in_range & current & finite
-        values = jnp.where(keep, priorities, 0.0) ** self.priority_exponent
+        values = priority_leaves(
+            jnp.where(keep, priorities, 0.0), self.priority_exponent, self._num_items
+        )
         tree = state.priorities.set(items, values, keep)
-        max_priority = jnp.maximum(state.max_priority, jnp.max(jnp.where(keep, values, 0.0)))
+        max_priority = jnp.maximum(
+            state.max_priority, jnp.max(jnp.where(keep, values, 0.0), initial=0.0)
+        )
         return PrioritisedTrajectoryBufferState(
             state.experience,
             state.current_index,
@@ -305,7 +331,7 @@ def make_prioritised_trajectory_buffer(
     min_length_time_axis: int,
     max_size: int | None = None,
     max_length_time_axis: int | None = None,
-    priority_exponent: float = 0.6,
+    priority_exponent: float | int | np.floating | np.integer = 0.6,
     device: str | None = None,
     donate_state: bool = True,
     episode_end: Callable[[PyTree], Any] | None = None,
@@ -335,21 +361,35 @@ def make_prioritised_trajectory_buffer(
 
 
 def importance_weights(
-    probabilities: Float[ArrayLike, " sample_batch"], beta: float
+    probabilities: Float[ArrayLike, " sample_batch"], beta: float | Float[ArrayLike, ""]
 ) -> Float[Array, " sample_batch"]:
     """Prioritised replay's importance-sampling correction, normalised by the largest.
 
     With `N` stored windows, window `i` drawn with probability `P(i)` gets
     `w_i = (N * P(i)) ** -beta / max_j (N * P(j)) ** -beta = (min_j P(j) / P(i)) ** beta`
     (Schaul et al., 2016); `N` cancels. Windows with probability zero (a poisoned sample)
-    get weight zero.
+    get weight zero. Every window with a positive probability gets a positive weight:
+    sampled probabilities are at least the smallest normal float32, so the ratio is too.
 
     **Arguments:**
 
-    - `probabilities`: `sample.probabilities`.
-    - `beta`: the correction's strength, from 0 (none) to 1 (full), usually annealed to 1.
+    - `probabilities`: `sample.probabilities`, a 1-d float array (empty gives empty).
+    - `beta`: the correction's strength, from 0 (none) to 1 (full), usually annealed to 1;
+        a Python or NumPy number is checked to lie in `[0, 1]`, a traced one is not.
+
+    **Returns:** the weights, of the shape of `probabilities`.
     """
+    where = "importance_weights"
+    dtype = getattr(probabilities, "dtype", None)
+    shape = tuple(getattr(probabilities, "shape", ()))
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or len(shape) != 1:
+        got = f"{dtype}{list(shape)}" if dtype is not None else type(probabilities).__name__
+        raise TypeError(
+            f"`{where}`: `probabilities` must be a 1-d float array, `sample.probabilities`; "
+            f"got {got}"
+        )
+    check_beta(where, beta)
     p = jnp.asarray(probabilities)
     positive = p > 0
-    smallest = jnp.min(jnp.where(positive, p, jnp.inf))
+    smallest = jnp.min(jnp.where(positive, p, jnp.inf), initial=jnp.inf)
     return jnp.where(positive, (smallest / jnp.where(positive, p, 1.0)) ** beta, 0.0)

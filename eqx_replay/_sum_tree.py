@@ -12,6 +12,15 @@ below, whatever came before: there is no drift to accumulate (Flashbax's tree, u
 differences, drifts until the root disagrees with its leaves and samples land on
 zero-priority items).
 
+Float32's limits: a priority a user sets can overflow the total (one 1e20 squared, or many
+large priorities) or be too small for the CPU, which flushes subnormal floats to zero. Either
+would break sampling silently: an infinite total sends every draw to the last item with
+probability 0, and a flushed priority makes its window unreachable. So a positive priority
+is stored as a value in `[smallest normal float32, float32 max / (2 * num_leaves)]`
+(`priority_leaves`): the total stays finite (the factor 2 leaves room for rounding in the
+sums), and every positive item keeps a positive share. A reported probability is floored at
+the smallest normal float32, so that importance weights computed from it stay positive.
+
 Why wide: on CPU each level of a descent or an update is a few small kernels, and their
 launch cost, not arithmetic, is what a binary tree of depth 17 pays 17 times. Four levels
 of 32-wide gathers and prefix sums cost a quarter of that, with no loop.
@@ -20,13 +29,48 @@ of 32-wide gathers and prefix sums cost a quarter of that, with no loop.
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+import numpy as np
+from beartype import beartype
+from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray
 
 from ._data import Data
 from ._random import uniform
 
 
 FANOUT = 32
+SMALLEST = np.float32(np.finfo(np.float32).tiny)  # the smallest normal float32
+# The bits of a float32 below which a positive float is subnormal.
+_SUBNORMAL_BITS = 1 << 23
+
+
+def largest_leaf(num_leaves: int) -> np.float32:
+    """The largest value an item of a tree of `num_leaves` items holds, so that the total
+    cannot overflow float32 however the sums are rounded."""
+    return np.float32(np.finfo(np.float32).max / (2 * max(num_leaves, 1)))
+
+
+def priority_leaves(
+    priorities: Float[Array, " k"], exponent: float, num_leaves: int
+) -> Float[Array, " k"]:
+    """What a tree of `num_leaves` items stores for non-negative finite `priorities`:
+    `priorities ** exponent`, with a positive priority's value kept in
+    `[SMALLEST, largest_leaf(num_leaves)]` (so a positive priority always stays sampleable,
+    and the total finite), and zero for a zero priority (1 when `exponent` is 0, as
+    `0 ** 0`).
+
+    A subnormal priority counts as positive: its logarithm is read from its bits, because
+    the CPU treats the subnormal itself as zero.
+    """
+    bits = lax.bitcast_convert_type(priorities, jnp.int32)
+    positive = bits > 0
+    subnormal = positive & (bits < _SUBNORMAL_BITS)
+    # A subnormal is `bits * 2**-149`.
+    log_subnormal = jnp.log(bits.astype(jnp.float32)) - np.float32(149 * np.log(2))
+    values = jnp.where(
+        subnormal, jnp.exp(np.float32(exponent) * log_subnormal), priorities**exponent
+    )
+    kept = jnp.clip(values, SMALLEST, largest_leaf(num_leaves))
+    return jnp.where(positive, kept, jnp.zeros_like(priorities) ** exponent)
 
 
 def _level_sizes(num_leaves: int) -> list[int]:
@@ -41,6 +85,7 @@ def _offsets(sizes: list[int]) -> list[int]:
     return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
+@jaxtyped(typechecker=beartype)
 class SumTree(Data):
     """Priorities of a fixed number of items, with the sums of their groups.
 
@@ -149,8 +194,8 @@ class SumTree(Data):
         sum passes the draw, or, where rounding leaves the draw past the last running sum,
         the last positive child).
 
-        **Returns:** the items drawn and their probabilities (priority / total; zero when the
-        total is zero).
+        **Returns:** the items drawn and their probabilities (priority / total, at least
+        `SMALLEST` for a positive priority; zero when the total is zero).
         """
         total = self.total()
         u = (jnp.arange(num) + uniform(key, (num,))) / num * total
@@ -183,7 +228,8 @@ class SumTree(Data):
         start = (u, jnp.zeros(num, jnp.int32))
         _, item = lax.fori_loop(0, len(sizes), descend, start)
         safe_total = jnp.where(total > 0, total, 1)
-        probabilities = jnp.where(total > 0, self.nodes[item] / safe_total, 0)
+        value = self.nodes[item]
+        probabilities = jnp.where(value > 0, jnp.maximum(value / safe_total, SMALLEST), 0)
         return item, probabilities
 
 

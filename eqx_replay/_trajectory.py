@@ -6,11 +6,19 @@ from typing import Any, cast
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
+from beartype import beartype
+from jaxtyping import Array, ArrayLike, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._checks import check_batch, check_example, check_key, check_state
-from ._config import Boundary, donate_flag, episode_config, grid_capacity, trajectory_config
+from ._config import (
+    Boundary,
+    check_items,
+    donate_flag,
+    episode_config,
+    grid_capacity,
+    trajectory_config,
+)
 from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_unless
@@ -20,6 +28,7 @@ from ._sum_tree import SumTree
 from ._windows import item_windows, num_items, update_items
 
 
+@jaxtyped(typechecker=beartype)
 class TrajectoryBufferState(Data):
     """What a trajectory buffer stores.
 
@@ -36,6 +45,7 @@ class TrajectoryBufferState(Data):
     is_full: Bool[Array, ""]
 
 
+@jaxtyped(typechecker=beartype)
 class StrictTrajectoryBufferState(TrajectoryBufferState):
     """The state of a trajectory buffer with `boundary="strict"`: a `TrajectoryBufferState`
     with one more field.
@@ -50,6 +60,7 @@ class StrictTrajectoryBufferState(TrajectoryBufferState):
     windows: SumTree
 
 
+@jaxtyped(typechecker=beartype)
 class TrajectoryBufferSample(Data):
     """A batch of windows drawn from a trajectory buffer.
 
@@ -81,6 +92,9 @@ class TrajectoryBuffer(eqx.Module):
     code. `add` donates the state's buffers to its result, so the buffer is updated in place
     and the state passed in can no longer be used; build the buffer with
     `donate_state=False` to keep old states valid (every `add` then copies the buffer).
+
+    A buffer is data, not a parameter: no gradient flows through its methods (a loss that
+    samples from a state gets a zero gradient for it).
     """
 
     add_batch_size: int = eqx.field(static=True)
@@ -158,6 +172,7 @@ class TrajectoryBuffer(eqx.Module):
                 self.sample_sequence_length,
                 self.min_length_time_axis,
             )
+            check_items(self.add_batch_size, self.max_length_time_axis, self.period, handles=False)
 
     def init(self, experience: PyTree) -> TrajectoryBufferState:
         """Creates an empty state.
@@ -173,19 +188,25 @@ class TrajectoryBuffer(eqx.Module):
         where = "TrajectoryBuffer.init"
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
+        return self._empty(experience)
+
+    def _empty(self, experience: PyTree) -> TrajectoryBufferState:
         ring = _ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
         if self.boundary == "strict":
             items = num_items(self.add_batch_size, self.max_length_time_axis, self.period)
             return StrictTrajectoryBufferState(*ring, SumTree.zeros(items))
         return TrajectoryBufferState(*ring)
 
-    def _check_state(self, where: str, state: TrajectoryBufferState) -> None:
+    # `state` is annotated loosely so that a wrong state gets `check_state`'s message, also
+    # under jaxtyping's import hook.
+    def _check_state(self, where: str, state: object) -> None:
         strict = self.boundary == "strict"
         check_state(
             where,
             state,
             StrictTrajectoryBufferState if strict else TrajectoryBufferState,
             (self.add_batch_size, self.max_length_time_axis),
+            self._empty,
         )
 
     @compiled_method(donates_state=True)
@@ -232,6 +253,7 @@ class TrajectoryBuffer(eqx.Module):
     def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped); with
         `boundary="strict"`, also whether some window lies inside one episode."""
+        self._check_state("TrajectoryBuffer.can_sample", state)
         return self._can_sample(state)
 
     def _can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:

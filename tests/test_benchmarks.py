@@ -40,3 +40,8 @@ def test_sample_profile_tiny():
 def test_episode_modes_tiny():
     table = run("episode_modes.py")
     assert "| 2,560 | strict |" in table and "| 256 | mask |" in table
+
+
+def test_dispatch_cost_tiny():
+    table = run("dispatch_cost.py")
+    assert "| trajectory | add, bare jax.jit |" in table and "| prioritised | off |" in table

@@ -129,6 +129,8 @@ def test_bad_batch_is_rejected_and_state_survives(filled, case):
         (jnp.zeros((2, 2), jnp.uint32), "uint32[2, 2]"),
         (jnp.zeros(2, jnp.float32), "float32[2]"),
         (jax.random.split(jax.random.key(0)), "key<fry>[2]"),
+        # A raw key of another implementation (rbg's shape) under the default, threefry.
+        (jnp.zeros(4, jnp.uint32), "uint32[4]"),
     ],
 )
 def test_non_key_to_sample(filled, key, got):
@@ -136,7 +138,8 @@ def test_non_key_to_sample(filled, key, got):
     state = buffer.add(state, seed_batch())
     message = (
         "`TrajectoryBuffer.sample`: `rng_key` must be a single PRNG key, from "
-        f"`jax.random.key(seed)` or `jax.random.PRNGKey(seed)`; got {got}"
+        "`jax.random.key(seed)` or `jax.random.PRNGKey(seed)` (uint32[2] with the default "
+        f"implementation, threefry2x32); got {got}"
     )
     with pytest.raises(TypeError, match=re.escape(message)):
         buffer.sample(state, key)
