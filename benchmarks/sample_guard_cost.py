@@ -22,7 +22,7 @@ import eqx_replay._trajectory as trajectory
 
 
 VARIANTS = {
-    "poison (shipped)": trajectory.poison_unless,
+    "poison (shipped)": trajectory.poison_sample,
     "no guard": lambda ok, x: x,
     "eqx.error_if": lambda ok, x: eqx.error_if(x, ~ok, "cannot be sampled yet"),
 }
@@ -43,12 +43,12 @@ def compile_variant(config, guard, state, key):
     # Forget compiled samples shared between equal buffers, so that this one is traced anew.
     vars(eqx_replay.TrajectoryBuffer)["sample"]._shared.clear()
     buffer = eqx_replay.make_trajectory_buffer(**config)
-    shipped = trajectory.poison_unless
-    trajectory.poison_unless = guard
+    shipped = trajectory.poison_sample
+    trajectory.poison_sample = guard
     try:
         buffer.sample(state, key)
     finally:
-        trajectory.poison_unless = shipped
+        trajectory.poison_sample = shipped
     return buffer.sample
 
 

@@ -2,12 +2,41 @@
 
 import importlib.metadata
 
+from ._base import (
+    AbstractBuffer as AbstractBuffer,
+    AbstractPrioritisedBuffer as AbstractPrioritisedBuffer,
+    AbstractReplayBuffer as AbstractReplayBuffer,
+)
+from ._flat import (
+    ExperiencePair as ExperiencePair,
+    FlatBuffer as FlatBuffer,
+    make_flat_buffer as make_flat_buffer,
+    make_prioritised_flat_buffer as make_prioritised_flat_buffer,
+    PrioritisedFlatBuffer as PrioritisedFlatBuffer,
+    PrioritisedTransitionSample as PrioritisedTransitionSample,
+    TransitionSample as TransitionSample,
+)
+from ._item import (
+    ItemBuffer as ItemBuffer,
+    ItemBufferSample as ItemBufferSample,
+    make_item_buffer as make_item_buffer,
+    make_prioritised_item_buffer as make_prioritised_item_buffer,
+    PrioritisedItemBuffer as PrioritisedItemBuffer,
+    PrioritisedItemBufferSample as PrioritisedItemBufferSample,
+)
+from ._mixer import make_mixer as make_mixer, Mixer as Mixer
 from ._prioritised import (
     importance_weights as importance_weights,
     make_prioritised_trajectory_buffer as make_prioritised_trajectory_buffer,
     PrioritisedTrajectoryBuffer as PrioritisedTrajectoryBuffer,
     PrioritisedTrajectoryBufferSample as PrioritisedTrajectoryBufferSample,
     PrioritisedTrajectoryBufferState as PrioritisedTrajectoryBufferState,
+)
+from ._queue import (
+    make_trajectory_queue as make_trajectory_queue,
+    TrajectoryQueue as TrajectoryQueue,
+    TrajectoryQueueSample as TrajectoryQueueSample,
+    TrajectoryQueueState as TrajectoryQueueState,
 )
 from ._sum_tree import SumTree as SumTree
 from ._trajectory import (

@@ -5,9 +5,10 @@ costs nothing at run time and leaves the state untouched. Messages name the call
 path, what was expected and what came.
 """
 
+import dataclasses
 import functools as ft
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -23,8 +24,9 @@ def _path(path: tuple[Any, ...]) -> str:
     return jtu.keystr(path) if path else "<root>"
 
 
-def shape_str(shape: tuple[int, ...]) -> str:
-    """A shape as Python writes a tuple: `()`, `(3,)`, `(3, 4)`."""
+def shape_str(shape: tuple[int | str, ...]) -> str:
+    """A shape as Python writes a tuple: `()`, `(3,)`, `(3, 4)`; names of axes print as
+    themselves: `(6, t, 2)`."""
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
@@ -74,22 +76,32 @@ def _structure_error(where: str, expected: PyTree, got: PyTree) -> str:
     )
 
 
-def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: int) -> int:
-    """Checks a batch of steps against the storage it will be written into.
+class Axis(NamedTuple):
+    """A leading axis of an added batch: a number of entries from `low` to `high`, called
+    `name` in messages (a fixed size is named by its number)."""
 
-    `storage` leaves are `(rows, capacity, *item)`; each batch leaf must be
-    `(rows, steps, *item)` with the storage's dtype and one common `1 <= steps <= max_steps`.
+    name: str
+    low: int
+    high: int
 
-    **Returns:** `steps`.
+
+def check_leading(
+    where: str, storage: PyTree[Array], batch: PyTree, axes: tuple[Axis, ...]
+) -> tuple[int, ...]:
+    """Checks a batch against the storage it will be written into: each batch leaf must be
+    `(*axes, *item)`, where the storage leaf is `(rows, capacity, *item)`, with the
+    storage's dtype, and every leaf must agree on the size of each axis.
+
+    **Returns:** the sizes of `axes`.
     """
     if jtu.tree_structure(batch) != jtu.tree_structure(storage):
         raise ValueError(_structure_error(where, storage, batch))
-    stored = jtu.tree_flatten_with_path(storage)[0]
-    given = jtu.tree_leaves(batch)
-    steps_seen: tuple[str, int] | None = None
-    for (path, store), leaf in zip(stored, given):
-        rows, item = store.shape[0], store.shape[2:]
-        expected = f"({rows}, t{''.join(', ' + str(d) for d in item)})"
+    ranges = [f"{axis.low} <= {axis.name} <= {axis.high}" for axis in axes if axis.low < axis.high]
+    bounds = f" with {', '.join(ranges)}" if ranges else ""
+    sizes_seen: tuple[str, tuple[int, ...]] | None = None
+    for (path, store), leaf in zip(jtu.tree_flatten_with_path(storage)[0], jtu.tree_leaves(batch)):
+        item = store.shape[2:]
+        expected = shape_str(tuple(axis.name for axis in axes) + item)
         name = _path(path)
         if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
             raise TypeError(
@@ -97,30 +109,44 @@ def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: in
                 f"shape {expected}"
             )
         shape = tuple(leaf.shape)
+        sizes = shape[: len(axes)]
         if (
-            len(shape) != store.ndim
-            or shape[0] != rows
-            or shape[2:] != item
-            or not 1 <= shape[1] <= max_steps
+            len(shape) != len(axes) + len(item)
+            or shape[len(axes) :] != item
+            or not all(axis.low <= size <= axis.high for axis, size in zip(axes, sizes))
         ):
             raise ValueError(
-                f"`{where}`: leaf {name} has shape {shape_str(shape)}; expected {expected} "
-                f"with 1 <= t <= {max_steps}"
+                f"`{where}`: leaf {name} has shape {shape_str(shape)}; expected {expected}{bounds}"
             )
         if leaf.dtype != store.dtype:
             raise TypeError(
                 f"`{where}`: leaf {name} has dtype {leaf.dtype}; expected {store.dtype}, "
                 "the dtype of the example given to `init`"
             )
-        if steps_seen is None:
-            steps_seen = (name, shape[1])
-        elif shape[1] != steps_seen[1]:
+        if sizes_seen is None:
+            sizes_seen = (name, sizes)
+        elif sizes != sizes_seen[1]:
+            axis = next(a for a, x, y in zip(axes, sizes, sizes_seen[1]) if x != y)
+            i = axes.index(axis)
             raise ValueError(
-                f"`{where}`: leaves disagree on the time length t: {steps_seen[0]} has "
-                f"{steps_seen[1]} steps, {name} has {shape[1]}"
+                f"`{where}`: leaves disagree on {axis.name}: {sizes_seen[0]} has "
+                f"{sizes_seen[1][i]}, {name} has {sizes[i]}"
             )
-    assert steps_seen is not None
-    return steps_seen[1]
+    assert sizes_seen is not None
+    return sizes_seen[1]
+
+
+def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: int) -> int:
+    """Checks a batch of steps `(rows, t, ...)`, `1 <= t <= max_steps`, against the storage
+    `(rows, capacity, ...)` it will be written into (see `check_leading`).
+
+    **Returns:** `t`.
+    """
+    rows = jtu.tree_leaves(storage)[0].shape[0]
+    _, steps = check_leading(
+        where, storage, batch, (Axis(str(rows), rows, rows), Axis("t", 1, max_steps))
+    )
+    return steps
 
 
 @ft.cache
@@ -184,6 +210,13 @@ def check_state(
     expected = jax.eval_shape(
         lambda: empty(jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), example))
     )
+    for field in dataclasses.fields(state):
+        got, want = getattr(state, field.name), getattr(expected, field.name)
+        if field.metadata.get("static", False) and got != want:
+            raise ValueError(
+                f"`{where}`: state field .{field.name} is {got!r}; this buffer's `init` makes "
+                f"{want!r}: was the state made by a buffer with another configuration?"
+            )
     if jtu.tree_structure(state) != jtu.tree_structure(expected):
         raise ValueError(
             f"`{where}`: `state` has structure {jtu.tree_structure(state)}; this buffer's "

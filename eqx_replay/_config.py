@@ -12,6 +12,7 @@ would overflow it are refused here, before anything is allocated:
   for stale updates to be told apart.
 """
 
+import dataclasses
 import math
 import numbers
 import operator
@@ -28,13 +29,14 @@ from jaxtyping import PyTree
 
 
 INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 MIN_GENERATIONS = 16
 
 # Frames in these files are the library's (or the libraries it calls through), not the
 # user's: a warning is attributed to the first frame outside them.
 _INTERNAL = tuple(
     os.path.dirname(path) + os.sep for path in (__file__, eqx.__file__) if path is not None
-)
+) + (dataclasses.__file__,)
 
 
 def _warn(message: str) -> None:
@@ -155,8 +157,8 @@ def prioritised_config(
             f"{type(priority_exponent).__name__} {priority_exponent!r}"
         )
     exponent = float(priority_exponent)
-    if not (exponent >= 0 and math.isfinite(exponent)):
-        raise ValueError(f"`priority_exponent` must be finite and >= 0; got {exponent}")
+    if not (0 <= exponent <= FLOAT32_MAX):
+        raise ValueError(f"`priority_exponent` must be finite in float32 and >= 0; got {exponent}")
     rounded = grid_capacity(capacity, period, length, min_length)
     check_items(rows, rounded, period, handles=True)
     return (rows, samples, length, period, min_length, rounded), exponent
@@ -277,3 +279,189 @@ def check_hashable(episode_end: Callable[[PyTree], Any]) -> None:
             f"{what}. Close over the arrays in a function instead, e.g. "
             "`episode_end=lambda step: my_end(step)`, or make them static fields."
         ) from None
+
+
+def flat_config(
+    *,
+    max_length: object,
+    min_length: object,
+    sample_batch_size: object,
+    add_sequences: object,
+    add_batch_size: object | None,
+) -> dict[str, Any]:
+    """Validates a flat buffer's configuration, as Flashbax does but with errors that name
+    the argument.
+
+    **Returns:** the keywords of its trajectory buffer: `add_batch_size` rows (1 for
+    `None`) of `max_length // add_batch_size` steps, windows of 2 steps with period 1,
+    `min_length // add_batch_size + 1` steps per row (at least 2) before sampling.
+    """
+    length = _positive_int("max_length", max_length)
+    minimum = _positive_int("min_length", min_length, allow_zero=True)
+    samples = _positive_int("sample_batch_size", sample_batch_size)
+    check_flag("add_sequences", add_sequences)
+    rows = 1 if add_batch_size is None else _positive_int("add_batch_size", add_batch_size)
+    capacity = length // rows
+    if samples > length:
+        raise ValueError(f"`sample_batch_size` ({samples}) must be <= `max_length` ({length})")
+    if capacity < 2:
+        raise ValueError(
+            f"`max_length` ({length}) must hold at least 2 steps per row, a pair: "
+            f"`max_length // add_batch_size` is {length} // {rows} = {capacity}"
+        )
+    min_time = minimum // rows + 1
+    if min_time > capacity:
+        raise ValueError(
+            f"`min_length` ({minimum}) needs `min_length // add_batch_size + 1` = {min_time} "
+            f"steps per row, more than the {capacity} that `max_length` ({length}) gives "
+            f"each of the {rows} rows"
+        )
+    return dict(
+        add_batch_size=rows,
+        sample_batch_size=samples,
+        sample_sequence_length=2,
+        period=1,
+        min_length_time_axis=max(min_time, 2),
+        max_length_time_axis=capacity,
+    )
+
+
+def item_config(
+    *,
+    max_length: object,
+    min_length: object,
+    sample_batch_size: object,
+    add_sequences: object,
+    add_batches: object,
+) -> dict[str, Any]:
+    """Validates an item buffer's configuration, as Flashbax does but with errors that name
+    the argument.
+
+    **Returns:** the keywords of its trajectory buffer: one row of `max_length` steps,
+    windows of one step, `min_length` steps (at least 1) before sampling.
+    """
+    length = _positive_int("max_length", max_length)
+    minimum = _positive_int("min_length", min_length, allow_zero=True)
+    samples = _positive_int("sample_batch_size", sample_batch_size)
+    check_flag("add_sequences", add_sequences)
+    check_flag("add_batches", add_batches)
+    if samples > length:
+        raise ValueError(f"`sample_batch_size` ({samples}) must be <= `max_length` ({length})")
+    if minimum > length:
+        raise ValueError(f"`min_length` ({minimum}) must be <= `max_length` ({length})")
+    return dict(
+        add_batch_size=1,
+        sample_batch_size=samples,
+        sample_sequence_length=1,
+        period=1,
+        min_length_time_axis=max(minimum, 1),
+        max_length_time_axis=length,
+    )
+
+
+def check_flag(name: str, value: object) -> bool:
+    """Validates a bool argument."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool; got {type(value).__name__} {value!r}")
+    return value
+
+
+def unit_exponent(priority_exponent: object) -> float:
+    """Validates the priority exponent of the prioritised flat and item buffers, which
+    Flashbax requires to lie in `[0, 1]`."""
+    if isinstance(priority_exponent, bool) or not isinstance(priority_exponent, numbers.Real):
+        raise TypeError(
+            "`priority_exponent` must be a float; got "
+            f"{type(priority_exponent).__name__} {priority_exponent!r}"
+        )
+    exponent = float(priority_exponent)
+    if not 0 <= exponent <= 1:
+        raise ValueError(f"`priority_exponent` must be in [0, 1]; got {exponent}")
+    return exponent
+
+
+def queue_config(
+    *,
+    max_length_time_axis: object,
+    add_batch_size: object,
+    add_sequence_length: object,
+    sample_sequence_length: object,
+    max_size: object | None,
+) -> tuple[int, int, int, int]:
+    """Validates a trajectory queue's configuration.
+
+    **Returns:** `(max_length_time_axis, add_batch_size, add_sequence_length,
+    sample_sequence_length)`, the time axis from `max_size` when that was given (with
+    Flashbax's warning).
+    """
+    rows = _positive_int("add_batch_size", add_batch_size)
+    if max_size is not None:
+        size = _positive_int("max_size", max_size)
+        capacity = size // rows
+        if capacity == 0:
+            raise ValueError(
+                f"`max_size` ({size}) must be at least `add_batch_size` ({rows}), so that "
+                "each row holds at least one step"
+            )
+        _warn(
+            f"`max_size` ({size}) sets `max_length_time_axis` to `max_size // "
+            f"add_batch_size` = {capacity}, in place of the `max_length_time_axis` given"
+        )
+    else:
+        capacity = _positive_int("max_length_time_axis", max_length_time_axis)
+    check_time_axis(capacity, INT32_MAX // 2, "a ring's index arithmetic reaches 2 x the time axis")
+    for name, value in (
+        ("add_sequence_length", add_sequence_length),
+        ("sample_sequence_length", sample_sequence_length),
+    ):
+        if _positive_int(name, value) > capacity:
+            raise ValueError(
+                f"`{name}` ({value}) must be <= the queue's time axis ({capacity} steps per row)"
+            )
+    return capacity, rows, int(add_sequence_length), int(sample_sequence_length)  # pyright: ignore[reportArgumentType] # checked above
+
+
+def mixer_config(
+    *, buffers: object, sample_batch_size: object, proportions: object
+) -> tuple[tuple[Any, ...], int, tuple[float, ...], tuple[int, ...]]:
+    """Validates a mixer's configuration.
+
+    **Returns:** `(buffers, sample_batch_size, proportions, counts)`: the items drawn from
+    each buffer, from the normalised proportions rounded down, with what rounding leaves
+    over added to the first buffer's (Flashbax's rule).
+    """
+    from ._base import AbstractReplayBuffer
+
+    if not isinstance(buffers, (list, tuple)) or not buffers:
+        raise TypeError(f"`buffers` must be a non-empty list or tuple of buffers; got {buffers!r}")
+    for i, buffer in enumerate(buffers):
+        if not isinstance(buffer, AbstractReplayBuffer):
+            raise TypeError(
+                f"`buffers[{i}]` is a {type(buffer).__name__}; a mixer samples buffers that "
+                "take a key (a trajectory queue cannot be mixed)"
+            )
+        if type(buffer) is not type(buffers[0]):
+            raise TypeError(
+                f"`buffers` must be of one kind: buffers[0] is a {type(buffers[0]).__name__}, "
+                f"buffers[{i}] a {type(buffer).__name__}"
+            )
+    samples = _positive_int("sample_batch_size", sample_batch_size)
+    if not isinstance(proportions, (list, tuple)) or len(proportions) != len(buffers):
+        raise ValueError(
+            f"`proportions` must be a list or tuple of {len(buffers)} numbers, one per "
+            f"buffer; got {proportions!r}"
+        )
+    shares = []
+    for i, share in enumerate(proportions):
+        if isinstance(share, bool) or not isinstance(share, numbers.Real):
+            raise TypeError(f"`proportions[{i}]` must be a number; got {share!r}")
+        if not (math.isfinite(share) and float(share) >= 0):
+            raise ValueError(f"`proportions[{i}]` must be finite and >= 0; got {share}")
+        shares.append(share)
+    total = sum(shares)
+    if total <= 0:
+        raise ValueError(f"`proportions` must not all be zero; got {proportions!r}")
+    # Flashbax's arithmetic, operation for operation, so that the counts agree.
+    counts = [int(share / total * samples) for share in shares]
+    counts[0] += samples - sum(counts)
+    return tuple(buffers), samples, tuple(float(p) for p in shares), tuple(counts)

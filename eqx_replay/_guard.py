@@ -10,6 +10,9 @@ The poison is written by a loop that runs only when the buffer cannot be sampled
 that can sample pays a predicate test (within run-to-run noise of no guard at all).
 """
 
+from typing import Any
+
+import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -36,3 +39,14 @@ def poison_unless(
     return run_if(
         ~ok, lambda x: jtu.tree_map(lambda leaf: jnp.full_like(leaf, poison(leaf.dtype)), x), x
     )
+
+
+def poison_sample(ok: Bool[Array, ""], sample: Any) -> Any:
+    """`sample` where `ok`, otherwise with its `experience` (and its `mask`, when it has
+    one) filled with poison; handles and probabilities are left to the buffer."""
+    mask = getattr(sample, "mask", None)
+    experience, mask = poison_unless(ok, (sample.experience, mask))
+    sample = eqx.tree_at(lambda s: s.experience, sample, experience)
+    if mask is not None:
+        sample = eqx.tree_at(lambda s: s.mask, sample, mask)
+    return sample

@@ -73,10 +73,11 @@ class _WeakTypes(Exception):
 
 
 def _weak(leaf: Any) -> bool:
-    """Whether JAX traces `leaf` with a weak type: a Python number, or a weak array."""
+    """Whether JAX traces `leaf` with a weak type: a Python number, or a weakly typed array,
+    tracer or `jax.ShapeDtypeStruct`."""
     if isinstance(leaf, (int, float, complex)):
         return not isinstance(leaf, bool)
-    return bool(getattr(getattr(leaf, "aval", None), "weak_type", False))
+    return bool(getattr(leaf, "weak_type", False))
 
 
 @jax.jit
@@ -86,13 +87,23 @@ def _strong(leaves: list[Array]) -> list[Array]:
 
 
 def _strongly_typed(args: _T) -> _T:
-    """`args` with every weakly typed leaf made a strongly typed array of its dtype."""
+    """`args` with every weakly typed leaf made strongly typed, of its dtype."""
     leaves, structure = jtu.tree_flatten(args)
     weak = [i for i, leaf in enumerate(leaves) if _weak(leaf)]
-    if weak:
-        for i, leaf in zip(weak, _strong([jnp.asarray(leaves[i]) for i in weak])):
+    shapes = [i for i in weak if isinstance(leaves[i], jax.ShapeDtypeStruct)]
+    for i in shapes:
+        leaves[i] = jax.ShapeDtypeStruct(
+            leaves[i].shape, leaves[i].dtype, sharding=leaves[i].sharding
+        )
+    arrays = [i for i in weak if i not in shapes]
+    if arrays:
+        for i, leaf in zip(arrays, _strong([jnp.asarray(leaves[i]) for i in arrays])):
             leaves[i] = leaf
     return jtu.tree_unflatten(structure, leaves)
+
+
+def _any_weak(tree: Any) -> bool:
+    return any(_weak(leaf) for leaf in jtu.tree_leaves(tree))
 
 
 def _deleted(state: Any) -> bool:
@@ -154,31 +165,44 @@ class CompiledMethod(Generic[_B, _P, _R]):
         jitted = jax.jit(traced, donate_argnums=0 if donate else ())
 
         # Set once a call with concrete weakly typed arguments has been seen: from then on
-        # the arguments after the state are made strongly typed before every call, instead
-        # of letting each such call start a trace that stops (~1 ms).
+        # the arguments are made strongly typed before every call, instead of letting each
+        # such call start a trace that stops (~1 ms).
         convert = False
 
         def call(*args: Any, **kwargs: Any) -> Any:
             nonlocal convert
-            if convert and any(_weak(leaf) for leaf in jtu.tree_leaves(args[1:])):
-                args = (*args[:1], *_strongly_typed(args[1:]))
+            if convert and _any_weak((args, kwargs)):
+                args, kwargs = _strongly_typed((args, kwargs))
             try:
-                return jitted(*args, **kwargs)
-            except _WeakTypes:
-                tracing = any(isinstance(x, Tracer) for x in jtu.tree_leaves(args))
-                convert = convert or not tracing
-                return jitted(*_strongly_typed(args), **_strongly_typed(kwargs))
+                try:
+                    return jitted(*args, **kwargs)
+                except _WeakTypes:
+                    tracing = any(isinstance(x, Tracer) for x in jtu.tree_leaves((args, kwargs)))
+                    convert = convert or not tracing
+                    args, kwargs = _strongly_typed((args, kwargs))
+                    return jitted(*args, **kwargs)
             except (ValueError, RuntimeError) as error:
-                if _deleted((args[:1], kwargs.get("state"))):
+                if _deleted((args[:1], kwargs.get("state"), kwargs.get("states"))):
                     raise _donated_error(where) from error
                 raise
 
+        def stage(name: str) -> Callable[..., Any]:
+            method = getattr(jitted, name)
+
+            @ft.wraps(method)
+            def staged(*args: Any, **kwargs: Any) -> Any:
+                args, kwargs = _strongly_typed((args, kwargs))
+                return method(*args, **kwargs)
+
+            return staged
+
         call.__name__ = call.__qualname__ = where
         call.__doc__ = self._fn.__doc__
-        # The `jax.jit` itself, and its stages to inspect the compiled code.
+        # The `jax.jit` itself, and its stages to inspect the compiled code (`jax.eval_shape`
+        # and `jax.make_jaxpr` go through `trace`).
         call.__wrapped__ = jitted  # pyright: ignore[reportFunctionMemberAccess]
-        call.lower = jitted.lower  # pyright: ignore[reportFunctionMemberAccess]
-        call.trace = jitted.trace  # pyright: ignore[reportFunctionMemberAccess]
+        call.lower = stage("lower")  # pyright: ignore[reportFunctionMemberAccess]
+        call.trace = stage("trace")  # pyright: ignore[reportFunctionMemberAccess]
         if len(self._shared) >= _MAX_SHARED:
             del self._shared[next(iter(self._shared))]
         self._shared[config] = call

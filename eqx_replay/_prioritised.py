@@ -5,11 +5,13 @@ from typing import Any, cast
 
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from beartype import beartype
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
+from ._base import AbstractPrioritisedBuffer
 from ._checks import (
     check_batch,
     check_beta,
@@ -21,10 +23,10 @@ from ._checks import (
 from ._config import Boundary, donate_flag, episode_config, prioritised_config
 from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
-from ._guard import poison_unless
+from ._guard import poison_sample
 from ._jit import compiled_method
 from ._sum_tree import priority_leaves, SumTree
-from ._windows import is_valid, item_windows, num_items, update_items, window_number
+from ._windows import Drawn, Grid, is_valid, item_windows, update_items, window_number
 
 
 @jaxtyped(typechecker=beartype)
@@ -42,6 +44,9 @@ class PrioritisedTrajectoryBufferState(Data):
       valid or invalid, by two when a valid window is overwritten by a new valid one. A
       priority update made for an older generation is ignored.
     - `max_priority`: the largest priority set so far (1.0 at first), given to new windows.
+    - `grid`, `strict` (static): where the windows are (rows, steps per row, window length,
+      period) and whether episode ends are enforced, so that a buffer whose windows mean
+      something else refuses the state.
 
     Items are numbered column by column: item `column * add_batch_size + row` is the window
     of row `row` that starts at time index `column * period`.
@@ -53,6 +58,8 @@ class PrioritisedTrajectoryBufferState(Data):
     priorities: SumTree
     generation: Int[Array, " items"]
     max_priority: Float[Array, ""]
+    grid: Grid = eqx.field(static=True)
+    strict: bool = eqx.field(static=True)
 
     @property
     def valid(self) -> Bool[Array, " items"]:
@@ -79,7 +86,9 @@ class PrioritisedTrajectoryBufferSample(Data):
     mask: Bool[Array, "sample_batch sample_time"] | None = None
 
 
-class PrioritisedTrajectoryBuffer(eqx.Module):
+class PrioritisedTrajectoryBuffer(
+    AbstractPrioritisedBuffer[PrioritisedTrajectoryBufferState, PrioritisedTrajectoryBufferSample]
+):
     """A trajectory buffer whose windows are sampled in proportion to
     `priority ** priority_exponent`, Flashbax's `PrioritisedTrajectoryBuffer` as an Equinox
     Module.
@@ -147,18 +156,22 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
 
     @property
-    def _num_items(self) -> int:
-        return num_items(self.add_batch_size, self.max_length_time_axis, self.period)
+    def _grid(self) -> Grid:
+        return Grid(
+            self.add_batch_size, self.max_length_time_axis, self.sample_sequence_length, self.period
+        )
 
     @property
     def _generations(self) -> int:
         # `indices` carry the window number (see `window_number`) modulo `_generations`
         # above the item number, in an int32.
-        return (2**31 - 1) // self._num_items
+        return (2**31 - 1) // self._grid.num_items
 
     def init(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         """Creates an empty state from one example step (see `TrajectoryBuffer.init`)."""
-        where = "PrioritisedTrajectoryBuffer.init"
+        return self._init("PrioritisedTrajectoryBuffer.init", experience)
+
+    def _init(self, where: str, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
         return self._empty(experience)
@@ -167,13 +180,16 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         storage, current_index, is_full = _ring.empty(
             experience, self.add_batch_size, self.max_length_time_axis
         )
+        items = self._grid.num_items
         return PrioritisedTrajectoryBufferState(
             experience=storage,
             current_index=current_index,
             is_full=is_full,
-            priorities=SumTree.zeros(self._num_items),
-            generation=jnp.zeros(self._num_items, jnp.int32),
+            priorities=SumTree.zeros(items),
+            generation=jnp.zeros(items, jnp.int32),
             max_priority=jnp.array(1.0, jnp.float32),
+            grid=self._grid,
+            strict=self.boundary == "strict",
         )
 
     # `state` is annotated loosely so that a wrong state gets `check_state`'s message, also
@@ -201,6 +217,15 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
         leading = (self.add_batch_size, steps)
         check_ends(where, self.episode_end, self.boundary, batch, leading, "the batch")
+        return self._write(where, state, batch)
+
+    def _write(
+        self,
+        where: str,
+        state: PrioritisedTrajectoryBufferState,
+        batch: PyTree[Shaped[Array, "..."]],
+    ) -> PrioritisedTrajectoryBufferState:
+        """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
@@ -208,14 +233,11 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             state.priorities,
             state.generation,
             state.max_priority,
+            self._grid,
             current_index=state.current_index,
-            steps=steps,
+            steps=jtu.tree_leaves(batch)[0].shape[1],
             new_index=current_index,
             new_is_full=is_full,
-            rows=self.add_batch_size,
-            capacity=self.max_length_time_axis,
-            length=self.sample_sequence_length,
-            period=self.period,
             ends=stored_ends(where, self.episode_end, self.boundary, experience),
         )
         assert generation is not None
@@ -226,6 +248,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             priorities,
             generation,
             state.max_priority,
+            state.grid,
+            state.strict,
         )
 
     @compiled_method()
@@ -254,26 +278,37 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
         **Returns:** a `PrioritisedTrajectoryBufferSample`.
         """
         where = "PrioritisedTrajectoryBuffer.sample"
-        self._check_state(where, state)
-        check_key(where, rng_key)
-        key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
-        items, probabilities = state.priorities.sample(key, self.sample_batch_size)
-        rows, starts = item_windows(
-            items, self.add_batch_size, self.max_length_time_axis, self.period
-        )
-        items = jnp.minimum(items, self._num_items - 1)  # only when the total is zero
-        ok = self._can_sample(state)
+        return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
+
+    def _draw(
+        self, where: str, state: PrioritisedTrajectoryBufferState, key: ArrayLike, count: int
+    ) -> tuple[Bool[Array, ""], PrioritisedTrajectoryBufferSample]:
+        """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
+        drawn = self._choose(where, state, key, count)
         length = self.sample_sequence_length
-        windows = _ring.read(state.experience, rows, starts, length)
-        mask = sample_mask(
-            where, self.episode_end, self.boundary, windows, self.sample_batch_size, length
+        windows = _ring.read(state.experience, drawn.rows, drawn.starts, length)
+        mask = sample_mask(where, self.episode_end, self.boundary, windows, count, length)
+        assert drawn.indices is not None and drawn.probabilities is not None
+        return drawn.ok, PrioritisedTrajectoryBufferSample(
+            windows, drawn.indices, drawn.probabilities, mask
         )
-        experience, mask = poison_unless(ok, (windows, mask))
+
+    def _choose(
+        self, where: str, state: PrioritisedTrajectoryBufferState, key: ArrayLike, count: int
+    ) -> Drawn:
+        """Where `count` windows drawn for `sample` are, with their handles and
+        probabilities (zero when the buffer cannot be sampled)."""
+        self._check_state(where, state)
+        check_key(where, key)
+        key = cast(PRNGKeyArray, key)  # checked by `check_key` above
+        grid = self._grid
+        items, probabilities = state.priorities.sample(key, count)
+        rows, starts = item_windows(items, grid)
+        items = jnp.minimum(items, grid.num_items - 1)  # only when the total is zero
+        ok = self._can_sample(state)
         number = window_number(state.generation[items]) % self._generations
-        indices = number * self._num_items + items
-        return PrioritisedTrajectoryBufferSample(
-            experience, indices, jnp.where(ok, probabilities, 0.0), mask
-        )
+        indices = number * grid.num_items + items
+        return Drawn(rows, starts, ok, indices, jnp.where(ok, probabilities, 0.0))
 
     @compiled_method(donates_state=True)
     def set_priorities(
@@ -289,25 +324,38 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
 
         An update is ignored, and the window keeps its priority, when the window has been
         overwritten or invalidated since it was sampled (its generation changed), when the
-        index is out of range, or when the priority is negative, NaN or infinite. When an
-        index appears more than once, the last update wins; empty `indices` change nothing.
+        index is out of range, or when the priority is negative or NaN. When an index
+        appears more than once, the last update wins; empty `indices` change nothing.
 
         A positive priority's `priority ** priority_exponent` is stored inside
         `[smallest normal float32, float32 max / (2 * windows)]`, so that the total stays
-        finite and the window sampleable whatever the priorities and the exponent.
+        finite and the window sampleable whatever the priorities and the exponent; +inf is
+        stored as the largest. Priorities are float32: JAX turns a float64 beyond float32's
+        range into +inf, and one below 1.4e-45 into 0.
         """
         where = "PrioritisedTrajectoryBuffer.set_priorities"
+        return self._set_priorities(where, state, indices, priorities)
+
+    def _set_priorities(
+        self,
+        where: str,
+        state: PrioritisedTrajectoryBufferState,
+        indices: ArrayLike,
+        priorities: ArrayLike,
+    ) -> PrioritisedTrajectoryBufferState:
+        """`set_priorities`, with errors reported as coming from `where`."""
         self._check_state(where, state)
         indices, priorities = check_priorities(where, indices, priorities)
-        generation, items = jnp.divmod(indices, self._num_items)
+        items_total = self._grid.num_items
+        generation, items = jnp.divmod(indices, items_total)
         in_range = (indices >= 0) & (generation < self._generations)
         items = jnp.where(in_range, items, 0)
         stored = state.generation[items]
         current = is_valid(stored) & (window_number(stored) % self._generations == generation)
-        finite = jnp.isfinite(priorities) & (priorities >= 0)
-        keep = in_range & current & finite
+        # NaN and negative priorities are ignored; +inf is kept, and capped below.
+        keep = in_range & current & (priorities >= 0)
         values = priority_leaves(
-            jnp.where(keep, priorities, 0.0), self.priority_exponent, self._num_items
+            jnp.where(keep, priorities, 0.0), self.priority_exponent, items_total
         )
         tree = state.priorities.set(items, values, keep)
         max_priority = jnp.maximum(
@@ -320,6 +368,8 @@ class PrioritisedTrajectoryBuffer(eqx.Module):
             tree,
             state.generation,
             max_priority,
+            state.grid,
+            state.strict,
         )
 
 

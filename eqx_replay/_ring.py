@@ -110,8 +110,8 @@ def changed_window_runs(
 
 
 def span(
-    array: Shaped[Array, "rows capacity"], first: Int[Array, ""], width: int
-) -> Shaped[Array, "rows {width}"]:
+    array: Shaped[Array, "rows capacity *item"], first: Int[Array, ""], width: int
+) -> Shaped[Array, "rows {width} *item"]:
     """The `width` consecutive time steps of every row from physical index `first`,
     wrapping around the ring (`width <= capacity`).
 
@@ -291,3 +291,13 @@ def read(
 
     out = jtu.tree_map(windows, storage)
     return for_each_true(starts > capacity - length, reread, out)
+
+
+def read_steps(
+    storage: PyTree[Shaped[Array, "rows capacity ..."]],
+    rows: Int[Array, " samples"],
+    times: Int[Array, " samples"],
+) -> PyTree[Shaped[Array, "samples ..."]]:
+    """Reads, for each sample `i` and every leaf, the step of row `rows[i]` at physical time
+    `times[i]`: a gather of single steps, straight into an array of its own."""
+    return jtu.tree_map(lambda x: x[:, 0], read(storage, rows, times, 1))

@@ -186,8 +186,16 @@ class SumTree(Data):
     def sample(
         self, key: PRNGKeyArray, num: int
     ) -> tuple[Int[Array, " num"], Float[Array, " num"]]:
-        """Stratified sampling proportional to priority: draw `j` falls in the `j`-th of
-        `num` equal slices of the total.
+        """Sampling proportional to priority, stratified at the top of the tree: draw `j`
+        enters the top-level group in which the `j`-th of `num` equal slices of the total
+        falls; below it, each level's child is drawn afresh in proportion to the children's
+        sums.
+
+        Why afresh: a float32 draw over the whole total resolves only `total / 2**24`, so in
+        a tree of more than `2**24` items (or with items far below the total's scale)
+        whole items would never be reached. A draw relative to each group's own sum keeps
+        float32's resolution at every level; the probability of an item is still the
+        product of its ancestors' shares, its priority over the total.
 
         A draw never lands on a zero-priority item while the total is positive: at every
         level the descent enters only a child whose sum is positive (the first whose running
@@ -198,8 +206,9 @@ class SumTree(Data):
         `SMALLEST` for a positive priority; zero when the total is zero).
         """
         total = self.total()
-        u = (jnp.arange(num) + uniform(key, (num,))) / num * total
         sizes = self._sizes
+        fractions = uniform(key, (len(sizes), num))
+        top = (jnp.arange(num) + fractions[0]) / num * total
         top_down = jnp.array(_offsets(sizes)[::-1], jnp.int32)
         lanes = jnp.arange(FANOUT)
 
@@ -212,7 +221,7 @@ class SumTree(Data):
             # fuses the walk into one loop): `child` ends at the first positive child whose
             # running sum passes `u`, or at the last positive child if none does.
             running = jnp.zeros(num, jnp.float32)
-            before = jnp.zeros(num, jnp.float32)
+            chosen = jnp.zeros(num, jnp.float32)
             child = jnp.zeros(num, jnp.int32)
             found = jnp.zeros(num, bool)
             for lane in range(FANOUT):
@@ -220,13 +229,17 @@ class SumTree(Data):
                 positive = value > 0
                 take = ~found & positive
                 child = jnp.where(take, lane, child)
-                before = jnp.where(take, running, before)
+                chosen = jnp.where(take, value, chosen)
                 running = running + value
                 found = found | (positive & (running > u))
-            return u - before, group * FANOUT + child
+            # The next level's draw, afresh inside the chosen child's sum.
+            below = jnp.minimum(depth + 1, len(sizes) - 1)
+            return (
+                lax.dynamic_index_in_dim(fractions, below, keepdims=False) * chosen,
+                group * FANOUT + child,
+            )
 
-        start = (u, jnp.zeros(num, jnp.int32))
-        _, item = lax.fori_loop(0, len(sizes), descend, start)
+        _, item = lax.fori_loop(0, len(sizes), descend, (top, jnp.zeros(num, jnp.int32)))
         safe_total = jnp.where(total > 0, total, 1)
         value = self.nodes[item]
         probabilities = jnp.where(value > 0, jnp.maximum(value / safe_total, SMALLEST), 0)

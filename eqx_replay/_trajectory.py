@@ -6,10 +6,12 @@ from typing import Any, cast
 
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from beartype import beartype
 from jaxtyping import Array, ArrayLike, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
+from ._base import AbstractReplayBuffer
 from ._checks import check_batch, check_example, check_key, check_state
 from ._config import (
     Boundary,
@@ -21,11 +23,11 @@ from ._config import (
 )
 from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
-from ._guard import poison_unless
+from ._guard import poison_sample
 from ._jit import compiled_method
 from ._random import below
 from ._sum_tree import SumTree
-from ._windows import item_windows, num_items, update_items
+from ._windows import Drawn, Grid, item_windows, update_items
 
 
 @jaxtyped(typechecker=beartype)
@@ -55,9 +57,12 @@ class StrictTrajectoryBufferState(TrajectoryBufferState):
     - `windows`: a `SumTree` with weight 1 for every window (row and start on the physical
       period grid) that is stored, does not cross the write head and has no episode end
       before its last step, 0 for the others.
+    - `grid`: where those windows are (static): rows, steps per row, window length and
+      period, so that a buffer with other windows refuses the state.
     """
 
     windows: SumTree
+    grid: Grid = eqx.field(static=True)
 
 
 @jaxtyped(typechecker=beartype)
@@ -77,7 +82,7 @@ class TrajectoryBufferSample(Data):
     mask: Bool[Array, "sample_batch sample_time"] | None = None
 
 
-class TrajectoryBuffer(eqx.Module):
+class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBufferSample]):
     """A replay buffer of trajectories, Flashbax's `TrajectoryBuffer` as an Equinox Module.
 
     Each of the `add_batch_size` rows is one stream of consecutive steps, stored on a ring of
@@ -185,7 +190,9 @@ class TrajectoryBuffer(eqx.Module):
         **Returns:** a `TrajectoryBufferState` whose leaves are zeros of shape
         `(add_batch_size, max_length_time_axis, *leaf.shape)` and the leaf's dtype.
         """
-        where = "TrajectoryBuffer.init"
+        return self._init("TrajectoryBuffer.init", experience)
+
+    def _init(self, where: str, experience: PyTree) -> TrajectoryBufferState:
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
         return self._empty(experience)
@@ -193,9 +200,15 @@ class TrajectoryBuffer(eqx.Module):
     def _empty(self, experience: PyTree) -> TrajectoryBufferState:
         ring = _ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
         if self.boundary == "strict":
-            items = num_items(self.add_batch_size, self.max_length_time_axis, self.period)
-            return StrictTrajectoryBufferState(*ring, SumTree.zeros(items))
+            grid = self._grid
+            return StrictTrajectoryBufferState(*ring, SumTree.zeros(grid.num_items), grid)
         return TrajectoryBufferState(*ring)
+
+    @property
+    def _grid(self) -> Grid:
+        return Grid(
+            self.add_batch_size, self.max_length_time_axis, self.sample_sequence_length, self.period
+        )
 
     # `state` is annotated loosely so that a wrong state gets `check_state`'s message, also
     # under jaxtyping's import hook.
@@ -228,6 +241,13 @@ class TrajectoryBuffer(eqx.Module):
         steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
         leading = (self.add_batch_size, steps)
         check_ends(where, self.episode_end, self.boundary, batch, leading, "the batch")
+        return self._write(where, state, batch)
+
+    def _write(
+        self, where: str, state: TrajectoryBufferState, batch: PyTree[Shaped[Array, "..."]]
+    ) -> TrajectoryBufferState:
+        """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
+        steps = jtu.tree_leaves(batch)[0].shape[1]
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
@@ -236,17 +256,16 @@ class TrajectoryBuffer(eqx.Module):
                 state.windows,
                 None,
                 jnp.array(1.0, jnp.float32),
+                self._grid,
                 current_index=state.current_index,
                 steps=steps,
                 new_index=current_index,
                 new_is_full=is_full,
-                rows=self.add_batch_size,
-                capacity=self.max_length_time_axis,
-                length=self.sample_sequence_length,
-                period=self.period,
                 ends=stored_ends(where, self.episode_end, self.boundary, experience),
             )
-            return StrictTrajectoryBufferState(experience, current_index, is_full, windows)
+            return StrictTrajectoryBufferState(
+                experience, current_index, is_full, windows, state.grid
+            )
         return TrajectoryBufferState(experience, current_index, is_full)
 
     @compiled_method()
@@ -283,34 +302,40 @@ class TrajectoryBuffer(eqx.Module):
         `mask`, `(sample_batch_size, sample_sequence_length)`.
         """
         where = "TrajectoryBuffer.sample"
+        return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
+
+    def _draw(
+        self, where: str, state: TrajectoryBufferState, key: ArrayLike, count: int
+    ) -> tuple[Bool[Array, ""], TrajectoryBufferSample]:
+        """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
+        drawn = self._choose(where, state, key, count)
+        length = self.sample_sequence_length
+        windows = _ring.read(state.experience, drawn.rows, drawn.starts, length)
+        mask = sample_mask(where, self.episode_end, self.boundary, windows, count, length)
+        return drawn.ok, TrajectoryBufferSample(windows, mask)
+
+    def _choose(
+        self, where: str, state: TrajectoryBufferState, key: ArrayLike, count: int
+    ) -> Drawn:
+        """Where `count` windows drawn for `sample` are (the state and key checked)."""
         self._check_state(where, state)
-        check_key(where, rng_key)
-        capacity, period = self.max_length_time_axis, self.period
-        count = _ring.num_windows(
-            state.current_index,
-            state.is_full,
-            capacity,
-            self.sample_sequence_length,
-            period,
-        )
-        key = cast(PRNGKeyArray, rng_key)  # checked by `check_key` above
+        check_key(where, key)
+        key = cast(PRNGKeyArray, key)  # checked by `check_key` above
+        grid = self._grid
         if not isinstance(state, StrictTrajectoryBufferState):
-            window, rows = below(key, (self.sample_batch_size,), (count, self.add_batch_size))
+            windows = _ring.num_windows(
+                state.current_index, state.is_full, grid.capacity, grid.length, grid.period
+            )
+            window, rows = below(key, (count,), (windows, grid.rows))
             starts = _ring.window_start(
-                window, state.current_index, state.is_full, capacity, period
+                window, state.current_index, state.is_full, grid.capacity, grid.period
             )
         else:
             # Strict: uniform over the allowed windows, through the sum tree of their
-            # weights (stratified, like prioritised sampling with equal priorities).
-            items, _ = state.windows.sample(key, self.sample_batch_size)
-            rows, starts = item_windows(items, self.add_batch_size, capacity, period)
-        length = self.sample_sequence_length
-        windows = _ring.read(state.experience, rows, starts, length)
-        mask = sample_mask(
-            where, self.episode_end, self.boundary, windows, self.sample_batch_size, length
-        )
-        experience, mask = poison_unless(self._can_sample(state), (windows, mask))
-        return TrajectoryBufferSample(experience, mask)
+            # weights (as prioritised sampling with equal priorities).
+            items, _ = state.windows.sample(key, count)
+            rows, starts = item_windows(items, grid)
+        return Drawn(rows, starts, self._can_sample(state))
 
 
 def make_trajectory_buffer(

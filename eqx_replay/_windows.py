@@ -15,6 +15,8 @@ So an `add` of at most `period` steps (one start per run) updates its items with
 Either way its work is proportional to the steps added, never to the capacity.
 """
 
+from typing import NamedTuple
+
 import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
@@ -23,19 +25,42 @@ from . import _ring
 from ._sum_tree import SumTree
 
 
-def num_items(rows: int, capacity: int, period: int) -> int:
-    """How many items a buffer of `rows` rows of `capacity` steps has."""
-    return rows * (capacity // period)
+class Grid(NamedTuple):
+    """Where the windows of a buffer are: `rows` rows of `capacity` steps, windows of
+    `length` steps starting at the physical multiples of `period` (of which `capacity` is
+    one)."""
+
+    rows: int
+    capacity: int
+    length: int
+    period: int
+
+    @property
+    def num_items(self) -> int:
+        """How many items (windows) there are."""
+        return self.rows * (self.capacity // self.period)
+
+
+class Drawn(NamedTuple):
+    """Where a sample's windows are, before they are read: `rows` and physical `starts`,
+    whether the buffer could be sampled (`ok`: the read is poisoned otherwise), and for
+    prioritised buffers the windows' handles and probabilities."""
+
+    rows: Int[Array, " samples"]
+    starts: Int[Array, " samples"]
+    ok: Bool[Array, ""]
+    indices: Int[Array, " samples"] | None = None
+    probabilities: Float[Array, " samples"] | None = None
 
 
 def item_windows(
-    items: Int[Array, " samples"], rows: int, capacity: int, period: int
+    items: Int[Array, " samples"], grid: Grid
 ) -> tuple[Int[Array, " samples"], Int[Array, " samples"]]:
     """The row and physical start of each item's window, for `_ring.read`. Items past the
     last (a sum tree with zero total returns them) are read as the last item's window."""
-    items = jnp.minimum(items, num_items(rows, capacity, period) - 1)
-    column, row = jnp.divmod(items, rows)
-    return row, column * period
+    items = jnp.minimum(items, grid.num_items - 1)
+    column, row = jnp.divmod(items, grid.rows)
+    return row, column * grid.period
 
 
 def is_valid(generation: Int[Array, "*shape"]) -> Bool[Array, "*shape"]:
@@ -54,15 +79,12 @@ def update_items(
     tree: SumTree,
     generation: Int[Array, " items"] | None,
     weight: Float[Array, ""],
+    grid: Grid,
     *,
     current_index: Int[Array, ""],
     steps: int,
     new_index: Int[Array, ""],
     new_is_full: Bool[Array, ""],
-    rows: int,
-    capacity: int,
-    length: int,
-    period: int,
     ends: Bool[Array, "rows capacity"] | None = None,
 ) -> tuple[SumTree, Int[Array, " items"] | None]:
     """Updates the items whose validity a write of `steps` steps at `current_index` may
@@ -77,17 +99,17 @@ def update_items(
 
     - `tree`, `generation`: the items' weights and generations before the write.
     - `weight`: the weight of a valid item.
+    - `grid`: where the items' windows are.
     - `current_index`: the write head before the write.
     - `steps`: the number of steps written per row.
     - `new_index`, `new_is_full`: the ring after the write.
-    - `rows`, `capacity`, `length`, `period`: the buffer's shape (`capacity` a multiple of
-      `period`).
     - `ends`: the episode-end flag of every stored step after the write, when episode ends
       are enforced; `None` otherwise.
 
     **Returns:** `(tree, generation)` after the write.
     """
-    total = num_items(rows, capacity, period)
+    rows, capacity, length, period = grid
+    total = grid.num_items
     starts, real = _ring.changed_window_runs(current_index, steps, length, period, capacity)
     runs, columns = starts.shape
     valid = _ring.window_complete(starts, new_index, new_is_full, capacity, length)

@@ -45,3 +45,9 @@ def test_episode_modes_tiny():
 def test_dispatch_cost_tiny():
     table = run("dispatch_cost.py")
     assert "| trajectory | add, bare jax.jit |" in table and "| prioritised | off |" in table
+
+
+def test_compare_family_tiny():
+    table = run("compare_family.py")
+    for row in ["i. flat sample 256", "j. prioritised flat set_priorities", "k. mixer", "l. queue"]:
+        assert row in table

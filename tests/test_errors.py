@@ -102,8 +102,7 @@ BAD_BATCHES = {
     "time lengths disagree": (
         {"obs": obs(steps=10), "reward": jnp.zeros((6, 9))},
         ValueError,
-        "`TrajectoryBuffer.add`: leaves disagree on the time length t: ['obs'] has 10 steps, "
-        "['reward'] has 9",
+        "`TrajectoryBuffer.add`: leaves disagree on t: ['obs'] has 10, ['reward'] has 9",
     ),
 }
 

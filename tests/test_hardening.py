@@ -18,6 +18,7 @@ import pytest
 
 import eqx_replay
 import eqx_replay._ring as ring
+import eqx_replay._sum_tree as sum_tree
 from eqx_replay._config import INT32_MAX, MIN_GENERATIONS
 from eqx_replay._sum_tree import largest_leaf, priority_leaves, SMALLEST
 
@@ -136,8 +137,16 @@ def test_index_limits_are_refused_at_construction():
             episode_end=lambda step: step["done"],
             boundary="strict",
         )
-    # The largest configurations allowed are made without allocating anything.
-    eqx_replay.make_trajectory_buffer(**config(max_length_time_axis=INT32_MAX // 2))
+    # The largest configurations allowed are made without allocating anything, and they
+    # are the ones whose arithmetic the next two tests check: one step more is refused.
+    strict = dict(episode_end=lambda step: step["done"], boundary="strict")
+    for make, capacity, extra in [
+        (eqx_replay.make_trajectory_buffer, INT32_MAX // 2, {}),
+        (eqx_replay.make_trajectory_buffer, INT32_MAX // 4, strict),
+    ]:
+        make(**config(max_length_time_axis=capacity, add_batch_size=1, period=1), **extra)
+        with pytest.raises(ValueError, match="at most"):
+            make(**config(max_length_time_axis=capacity + 1, add_batch_size=1, period=1), **extra)
     eqx_replay.make_prioritised_trajectory_buffer(
         **config(max_length_time_axis=limit - limit % PERIOD, add_batch_size=1)
     )
@@ -537,3 +546,36 @@ def test_annotations_are_checked_without_the_import_hook():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_every_item_of_a_tree_beyond_float32_resolution_is_reachable():
+    """With more than 2**24 items a float32 draw over the whole total cannot name every item:
+    before each level was drawn afresh, no odd item of the upper half was ever drawn."""
+    items = 2**25
+    sizes = sum_tree._level_sizes(items)
+    levels = [np.zeros(sizes[0], np.float32)]
+    levels[0][:items] = 1
+    for size in sizes[1:]:
+        sums = levels[-1].reshape(-1, sum_tree.FANOUT).sum(axis=1, dtype=np.float32)
+        levels.append(np.pad(sums, (0, size - sums.size)))
+    tree = eqx_replay.SumTree(jnp.asarray(np.concatenate(levels)), items)
+    drawn, probabilities = jax.jit(lambda t, k: t.sample(k, 2**20))(tree, jr.key(0))
+    drawn = np.asarray(drawn)
+    upper = drawn[drawn >= items // 2]
+    assert 0.45 < np.mean(upper % 2) < 0.55
+    np.testing.assert_allclose(np.asarray(probabilities), 2.0**-25, rtol=1e-6)
+
+
+def test_warnings_of_a_replaced_buffer_name_the_callers_line():
+    import dataclasses
+
+    buffer = eqx_replay.make_trajectory_buffer(**config())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataclasses.replace(buffer, min_length_time_axis=1)
+    assert caught and {w.filename for w in caught} == {__file__}
+
+
+def test_exponents_beyond_float32_are_refused():
+    with pytest.raises(ValueError, match="must be finite in float32 and >= 0; got 1e"):
+        eqx_replay.make_prioritised_trajectory_buffer(**config(), priority_exponent=1e39)

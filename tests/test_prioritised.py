@@ -295,7 +295,7 @@ def test_capacity_rounded_down_to_the_period():
                 min_length_time_axis=10,
                 max_length_time_axis=10,
             )
-    with pytest.raises(ValueError, match="`priority_exponent` must be finite and >= 0"):
+    with pytest.raises(ValueError, match="`priority_exponent` must be finite in float32 and >= 0"):
         make(1, 8, 2, 2, exponent=-1.0)
 
 
@@ -337,15 +337,18 @@ def test_bad_set_priorities(indices, priorities, error, message):
     assert tree_allclose(to_numpy(state), before)
 
 
-def test_invalid_priority_values_are_ignored():
+def test_invalid_priority_values_are_ignored_and_infinity_is_the_largest():
     buffer = make(1, 8, 2, 2, samples=4, exponent=1.0)
     state = buffer.add(buffer.init(EXAMPLE), steps_batch(1, 0, 8))
-    sample = buffer.sample(state, jax.random.key(0))
     before = np.asarray(state.priorities.nodes)
-    state = buffer.set_priorities(
-        state, sample.indices, jnp.array([-1.0, jnp.nan, jnp.inf, -jnp.inf])
-    )
+    # Items 0-3 hold their first windows: their handles are 0-3.
+    state = buffer.set_priorities(state, jnp.arange(3), jnp.array([-1.0, jnp.nan, -jnp.inf]))
     np.testing.assert_array_equal(np.asarray(state.priorities.nodes), before)
+    # A priority beyond float32's range (infinite, or a float64 that JAX turns into one)
+    # is stored as the largest value a leaf holds.
+    state = buffer.set_priorities(state, jnp.arange(1), jnp.array([jnp.inf]))
+    assert float(state.priorities.get(jnp.int32(0))) == float(sum_tree.largest_leaf(4))
+    assert np.isfinite(float(state.priorities.total()))
 
 
 @pytest.mark.parametrize("transform", ["jit", "vmap", "scan"])

@@ -1,0 +1,268 @@
+"""Side-by-side benchmark of eqx_replay and Flashbax for the rest of the family: the flat
+buffer at DQN shapes, the prioritised flat buffer, the mixer and the trajectory queue.
+
+Run it from the repository root, in an environment with eqx_replay and Flashbax:
+
+    python benchmarks/compare_family.py           # full run: a few minutes, ~8 GB of RAM
+    python benchmarks/compare_family.py --tiny    # every size shrunk: well under a minute
+
+It prints a markdown table (`--out FILE` also writes it). Method: as in
+`compare_flashbax.py`, whose timing helpers it uses: both libraries in one process, on
+identical configurations and inputs, alternating timed blocks, medians over rounds.
+Flashbax's `add` (and `set_priorities`) is `jax.jit(..., donate_argnums=0)`, its `sample`
+`jax.jit(...)`; eqx_replay is called as users call it.
+
+Rows (a transition is `{obs, action: i32, reward: f32, done: bool}`, `obs` `f32[4]` unless
+said otherwise):
+
+i. flat buffer: add of 1 transition (no batch axis) and of 128 envs x 1 step, sample of 256
+   pairs, at 100K and 1M transitions, and at 100K with Atari's `u8[84, 84, 4]` observations;
+j. prioritised flat buffer (exponent 0.6) at 100K: add 1 and 128 x 1, sample 256,
+   set_priorities of one sample's 256 indices;
+k. mixer of two flat buffers of 100K (128 envs each), proportions 1:1, sample 256;
+l. trajectory queue, 16 rows x 1,024 steps, `f32[64]` observations: add of 16 x 8 steps
+   when it fits, and the read-and-advance of a sample of 16 x 8 (alternating, so that each
+   call can go ahead).
+"""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+
+sys.path.insert(0, str(Path(__file__).parent))
+import compare_flashbax as cf  # noqa: E402 # the sibling script, for its timing helpers
+
+import eqx_replay  # noqa: E402
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import flashbax as fbx  # noqa: E402
+
+
+def transition(obs_shape: tuple[int, ...], obs_dtype: Any) -> dict[str, jax.Array]:
+    return {
+        "obs": jnp.zeros(obs_shape, obs_dtype),
+        "action": jnp.int32(0),
+        "reward": jnp.float32(0),
+        "done": jnp.bool_(False),
+    }
+
+
+def filled_flat(example, envs, capacity):
+    """Both libraries' flat buffers of `capacity` transitions added `envs` at a time, their
+    states full (filled through trajectory buffers of the same rows, in large chunks)."""
+    config: dict[str, Any] = dict(
+        max_length=capacity, min_length=256, sample_batch_size=256, add_batch_size=envs
+    )
+    ours, theirs = eqx_replay.make_flat_buffer(**config), fbx.make_flat_buffer(**config)
+    time_axis = capacity // envs
+    inner = fbx.make_trajectory_buffer(
+        add_batch_size=envs,
+        sample_batch_size=1,
+        sample_sequence_length=2,
+        period=1,
+        min_length_time_axis=2,
+        max_length_time_axis=time_axis,
+    )
+    our_state = cf.fill(ours.buffer.add, ours.init(example), example, envs, time_axis)
+    their_add = jax.jit(inner.add, donate_argnums=0)
+    their_state = cf.fill(their_add, theirs.init(example), example, envs, time_axis)
+    return ours, theirs, our_state, their_state
+
+
+def flat_rows(results: cf.Results, scale: cf.Scale, capacity: int, obs, label: str) -> None:
+    cf.log(f"[i] flat buffer at {capacity:,}, obs {label}")
+    example = transition(*obs)
+    adds = {}
+    for envs in (None, 128):
+        config: dict[str, Any] = dict(max_length=capacity, min_length=256, sample_batch_size=256)
+        ours = eqx_replay.make_flat_buffer(**config, add_batch_size=envs)
+        theirs = fbx.make_flat_buffer(**config, add_batch_size=envs)
+        rows = 1 if envs is None else envs
+        batch = cf.random_batch(example, rows, 1, seed=3)
+        batch = jax.tree.map(lambda x: x[:, 0] if envs is not None else x[0, 0], batch)
+        adds[envs] = (ours, theirs, batch)
+        runners = {
+            "eqx": cf.AddRunner(cf.looked_up(ours, "add"), ours.init(example), batch),
+            "fbx": cf.AddRunner(jax.jit(theirs.add, donate_argnums=0), theirs.init(example), batch),
+        }
+        times = cf.measure(runners, scale)
+        del runners
+        what = "1 transition" if envs is None else f"{envs}×1"
+        results.add(
+            cf.Row(f"i. flat add {what} @ {capacity:,} {label}", times["eqx"], times["fbx"])
+        )
+    ours, theirs, our_state, their_state = filled_flat(example, 128, capacity)
+    runners, _ = sample_runners(ours, our_state, theirs, their_state)
+    times = cf.measure(runners, scale)
+    results.add(cf.Row(f"i. flat sample 256 @ {capacity:,} {label}", times["eqx"], times["fbx"]))
+
+
+def sample_runners(ours, our_state, theirs, their_state, seed=5):
+    keys = list(jr.split(jr.PRNGKey(seed), 1_000))
+    out = ours.sample(our_state, keys[0])
+    bytes_out = cf.tree_bytes(out.experience)
+    runners = {
+        "eqx": cf.SampleRunner(cf.looked_up(ours, "sample"), our_state, keys, bytes_out),
+        "fbx": cf.SampleRunner(jax.jit(theirs.sample), their_state, keys, bytes_out),
+    }
+    return runners, bytes_out
+
+
+def prioritised_rows(results: cf.Results, scale: cf.Scale, capacity: int) -> None:
+    cf.log(f"[j] prioritised flat buffer at {capacity:,}")
+    example = transition((4,), jnp.float32)
+    label = f"j. prioritised flat {{}} @ {capacity:,}"
+    for envs in (None, 128):
+        config: dict[str, Any] = dict(max_length=capacity, min_length=256, sample_batch_size=256)
+        ours = eqx_replay.make_prioritised_flat_buffer(**config, add_batch_size=envs)
+        theirs = fbx.make_prioritised_flat_buffer(**config, add_batch_size=envs)
+        rows = 1 if envs is None else envs
+        batch = cf.random_batch(example, rows, 1, seed=3)
+        batch = jax.tree.map(lambda x: x[:, 0] if envs is not None else x[0, 0], batch)
+        their_add = jax.jit(theirs.add, donate_argnums=0)
+        runners = {
+            "eqx": cf.AddRunner(cf.looked_up(ours, "add"), ours.init(example), batch),
+            "fbx": cf.AddRunner(their_add, theirs.init(example), batch),
+        }
+        times = cf.measure(runners, scale)
+        what = "1 transition" if envs is None else f"{envs}×1"
+        results.add(cf.Row(label.format(f"add {what}"), times["eqx"], times["fbx"]))
+        if envs is None:
+            continue
+        # Fill both, adding as users do (a prioritised state must be filled by its own add).
+        our_state, their_state = runners["eqx"].state, runners["fbx"].state
+        del runners
+        for _ in range(capacity // envs):
+            our_state = ours.add(our_state, batch)
+            their_state = their_add(their_state, batch)
+        runners, _ = sample_runners(ours, our_state, theirs, their_state)
+        times = cf.measure(runners, scale)
+        del runners
+        results.add(cf.Row(label.format("sample 256"), times["eqx"], times["fbx"]))
+        our_sample = ours.sample(our_state, jr.PRNGKey(8))
+        their_sample = jax.jit(theirs.sample)(their_state, jr.PRNGKey(8))
+        priorities = jr.uniform(jr.PRNGKey(9), (256,), minval=0.1, maxval=2.0)
+        their_set = jax.jit(theirs.set_priorities, donate_argnums=0)
+        runners = {
+            "eqx": cf.AddRunner(
+                lambda s, b, buf=ours: buf.set_priorities(s, *b),
+                our_state,
+                (our_sample.indices, priorities),
+            ),
+            "fbx": cf.AddRunner(
+                lambda s, b: their_set(s, *b), their_state, (their_sample.indices, priorities)
+            ),
+        }
+        del our_state, their_state
+        times = cf.measure(runners, scale)
+        del runners
+        results.add(cf.Row(label.format("set_priorities ×256"), times["eqx"], times["fbx"]))
+
+
+def mixer_rows(results: cf.Results, scale: cf.Scale, capacity: int) -> None:
+    cf.log(f"[k] mixer of two flat buffers of {capacity:,}")
+    example = transition((4,), jnp.float32)
+    ours, theirs, our_a, their_a = filled_flat(example, 128, capacity)
+    _, _, our_b, their_b = filled_flat(example, 128, capacity)
+    our_mixer = eqx_replay.make_mixer([ours, ours], 256, [1, 1])
+    their_mixer = fbx.make_mixer([theirs, theirs], 256, [1, 1])
+    keys = list(jr.split(jr.PRNGKey(11), 1_000))
+    runners = {
+        "eqx": cf.SampleRunner(cf.looked_up(our_mixer, "sample"), [our_a, our_b], keys, 0),
+        "fbx": cf.SampleRunner(jax.jit(their_mixer.sample), [their_a, their_b], keys, 0),
+    }
+    times = cf.measure(runners, scale)
+    results.add(cf.Row(f"k. mixer sample 256 of 2 × {capacity:,}", times["eqx"], times["fbx"]))
+
+
+class QueueRunner:
+    """Runs `n` (add, then sample) pairs on the queue; the state is rebound."""
+
+    def __init__(self, add, sample, state, batch):
+        self.add, self.sample, self.state, self.batch = add, sample, state, batch
+        self.n_cap = 100_000
+
+    def __call__(self, n: int) -> float:
+        state, self.state = self.state, None
+        add, sample, batch = self.add, self.sample, self.batch
+        start = cf.time.perf_counter()
+        for _ in range(n):
+            state = add(state, batch)
+            state, out = sample(state)
+        jax.block_until_ready((state, out))  # pyright: ignore[reportPossiblyUnbound] # n >= 1
+        elapsed = cf.time.perf_counter() - start
+        self.state = state
+        return elapsed
+
+
+def queue_rows(results: cf.Results, scale: cf.Scale, capacity: int) -> None:
+    cf.log(f"[l] trajectory queue, 16 rows x {capacity:,} steps")
+    example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
+    config: dict[str, Any] = dict(
+        max_length_time_axis=capacity,
+        add_batch_size=16,
+        add_sequence_length=8,
+        sample_sequence_length=8,
+    )
+    ours, theirs = eqx_replay.make_trajectory_queue(**config), fbx.make_trajectory_queue(**config)
+    batch = cf.random_batch(example, 16, 8, seed=12)
+    runners = {
+        "eqx": QueueRunner(
+            cf.looked_up(ours, "add"), cf.looked_up(ours, "sample"), ours.init(example), batch
+        ),
+        "fbx": QueueRunner(
+            jax.jit(theirs.add, donate_argnums=0),
+            jax.jit(theirs.sample, donate_argnums=0),
+            theirs.init(example),
+            batch,
+        ),
+    }
+    times = cf.measure(runners, scale)
+    results.add(cf.Row("l. queue add 16×8 + sample 16×8", times["eqx"], times["fbx"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--only", default="ijkl", help="the rows to run, e.g. 'jl'")
+    args = parser.parse_args()
+    scale = cf.TINY if args.tiny else cf.FULL
+    small, large, queue = (2_048, 4_096, 64) if args.tiny else (100_000, 1_000_000, 1_024)
+    results = cf.Results()
+    if "i" in args.only:
+        flat_rows(results, scale, small, ((4,), jnp.float32), "f32[4]")
+        flat_rows(results, scale, large, ((4,), jnp.float32), "f32[4]")
+        flat_rows(results, scale, small, ((84, 84, 4), jnp.uint8), "u8[84,84,4]")
+    if "j" in args.only:
+        prioritised_rows(results, scale, small)
+    if "k" in args.only:
+        mixer_rows(results, scale, small)
+    if "l" in args.only:
+        queue_rows(results, scale, queue)
+    lines = [
+        "| row | eqx_replay | flashbax | ratio (eqx/fbx) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {row.label} | {cf.fmt_time(row.eqx)} | {cf.fmt_time(row.fbx)} | "
+            f"{cf.fmt_ratio(row.ratio)} |"
+            for row in results.rows
+        ),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

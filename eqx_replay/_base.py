@@ -1,0 +1,109 @@
+"""The interface every buffer kind shares, so that what combines buffers (the mixer, and
+later sharding and checkpointing) accepts any kind.
+
+Abstract-or-final, as in Equinox: these classes declare what a kind must define; every kind
+is a final class that defines it, with no `super()` chains. The public methods (`add`,
+`sample`, ...) are compiled (`_jit.compiled_method`); each calls a private method that takes
+the name of the call, so that a kind built on another (a flat buffer on a trajectory
+buffer, a mixer on several buffers) reports errors under its own name and can draw any
+number of samples.
+"""
+
+import abc
+from typing import Any, Generic, TypeVar
+
+import equinox as eqx
+from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree
+
+
+_State = TypeVar("_State")
+_Sample = TypeVar("_Sample")
+
+
+class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
+    """A replay buffer or queue: `init`, `add`, `can_sample`, `sample`.
+
+    **Fields** every kind defines:
+
+    - `donate_state`: whether the calls that update the state (`add`, and the others that
+      return a new state) update it in place, consuming the state passed in.
+
+    **Methods** every kind defines (see each kind for the shapes):
+
+    - `init(experience) -> state`: an empty state for steps shaped like `experience`.
+    - `add(state, batch) -> state`: the state with `batch` stored.
+    - `can_sample(state) -> Bool[Array, ""]`: whether `sample` returns data, not poison.
+    - `sample(state, ...)`: random buffers take a key and return a sample
+      (`AbstractReplayBuffer`); the trajectory queue takes none and returns
+      `(state, sample)`.
+    """
+
+    donate_state: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def init(self, experience: PyTree) -> _State:
+        """An empty state for steps shaped like `experience`."""
+
+    @abc.abstractmethod
+    def add(self, state: _State, batch: PyTree) -> _State:
+        """The state with `batch` stored."""
+
+    @abc.abstractmethod
+    def can_sample(self, state: _State) -> Bool[Array, ""]:
+        """Whether `sample` returns data rather than poison."""
+
+    @abc.abstractmethod
+    def sample(self, state: _State, *args: Any) -> Any:
+        """A sample (see the kind)."""
+
+    @abc.abstractmethod
+    def _check_state(self, where: str, state: object) -> None:
+        """Raises, naming `where`, unless `state` is what this buffer's `init` makes (type,
+        structure, shapes and dtypes). Called while tracing."""
+
+    @abc.abstractmethod
+    def _can_sample(self, state: _State) -> Bool[Array, ""]:
+        """`can_sample` without its checks."""
+
+
+class AbstractReplayBuffer(AbstractBuffer[_State, _Sample]):
+    """A buffer sampled at random: `sample(state, rng_key) -> sample` draws
+    `sample_batch_size` items, and `_draw` any number of them (the mixer draws each buffer's
+    share)."""
+
+    sample_batch_size: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
+        """Draws `sample_batch_size` items."""
+
+    @abc.abstractmethod
+    def _draw(
+        self, where: str, state: _State, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], _Sample]:
+        """Draws `count` items, with errors reported as coming from `where`. Called while
+        tracing a compiled method.
+
+        **Returns:** `(ok, sample)`: whether the buffer could be sampled, and the sample,
+        not yet poisoned (`sample` poisons it, `_guard.poison_sample`; the mixer poisons
+        the mixed sample once).
+        """
+
+
+class AbstractPrioritisedBuffer(AbstractReplayBuffer[_State, _Sample]):
+    """A buffer sampled in proportion to priority, whose samples carry `indices` (handles
+    to pass back to `set_priorities`) and `probabilities`."""
+
+    @abc.abstractmethod
+    def set_priorities(self, state: _State, indices: ArrayLike, priorities: ArrayLike) -> _State:
+        """The state with the sampled items' priorities set."""
+
+    @abc.abstractmethod
+    def _set_priorities(
+        self,
+        where: str,
+        state: _State,
+        indices: Int[Array, " k"],
+        priorities: ArrayLike,
+    ) -> _State:
+        """`set_priorities`, with errors reported as coming from `where`."""

@@ -1,0 +1,282 @@
+"""The flat buffer: transitions, sampled as pairs of consecutive steps, Flashbax's
+`make_flat_buffer` (and its prioritised twin) as a thin layer over the trajectory buffers.
+
+A flat buffer of `max_length` transitions added `add_batch_size` at a time is a trajectory
+buffer of `add_batch_size` rows of `max_length // add_batch_size` steps whose windows are
+two steps long: a sampled window is the pair `(first, second)` of consecutive steps of one
+row, and never joins the newest step to the oldest. The only work of its own is the shape
+of what `add` takes, in Flashbax's four modes:
+
+| `add_batch_size` | `add_sequences` | a batch leaf    | is stored as     |
+|------------------|-----------------|-----------------|------------------|
+| None             | False           | `(...)`         | `(1, 1, ...)`    |
+| B                | False           | `(B, ...)`      | `(B, 1, ...)`    |
+| None             | True            | `(t, ...)`      | `(1, t, ...)`    |
+| B                | True            | `(B, t, ...)`   | `(B, t, ...)`    |
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax.tree_util as jtu
+from beartype import beartype
+from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
+
+from . import _ring
+from ._checks import Axis, check_leading
+from ._config import donate_flag, flat_config, unit_exponent
+from ._data import Data
+from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
+from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
+from ._trajectory import TrajectoryBuffer, TrajectoryBufferState
+from ._windows import Drawn
+
+
+class ExperiencePair(NamedTuple):
+    """Two consecutive steps of one row: `first` and the step after it, `second`."""
+
+    first: PyTree[Shaped[Array, "sample_batch ..."]]
+    second: PyTree[Shaped[Array, "sample_batch ..."]]
+
+
+@jaxtyped(typechecker=beartype)
+class TransitionSample(Data):
+    """A batch of transitions drawn from a flat buffer.
+
+    **Fields:**
+
+    - `experience`: an `ExperiencePair` whose `first` and `second` are the example's pytree
+      with leaves `(sample_batch, ...)`.
+    """
+
+    experience: ExperiencePair
+
+
+@jaxtyped(typechecker=beartype)
+class PrioritisedTransitionSample(Data):
+    """A batch of transitions drawn from a prioritised flat buffer.
+
+    **Fields:**
+
+    - `experience`: as in `TransitionSample`.
+    - `indices`, `probabilities`: as in `PrioritisedTrajectoryBufferSample`.
+    """
+
+    experience: ExperiencePair
+    indices: Int[Array, " sample_batch"]
+    probabilities: Float[Array, " sample_batch"]
+
+
+# A leaf whose steps are at least this large is read as two gathers of single steps, each
+# straight into its own array; a smaller one as one gather of two-step windows, then split.
+# Measured on the flat buffer at 100K transitions (`benchmarks/compare_family.py`): for
+# `u8[84, 84, 4]` observations splitting the windows costs two copies of the sample (1.8 ms
+# against 1.1 ms for 256 pairs), for `f32[4]` one gather instead of two is the cheaper.
+_SPLIT_READ_BYTES = 1024
+
+
+def _pairs(buffer: Any, state: Any, drawn: Drawn) -> ExperiencePair:
+    """The two steps of each drawn window, not yet poisoned."""
+    leaves, structure = jtu.tree_flatten(state.experience)
+    large = [math.prod(x.shape[2:]) * x.dtype.itemsize >= _SPLIT_READ_BYTES for x in leaves]
+    small = [x for x, big in zip(leaves, large) if not big]
+    big = [x for x, is_big in zip(leaves, large) if is_big]
+    windows = iter(_ring.read(small, drawn.rows, drawn.starts, 2) if small else [])
+    second_times = _ring.rem(drawn.starts + 1, buffer.max_length_time_axis)
+    firsts = iter(_ring.read_steps(big, drawn.rows, drawn.starts) if big else [])
+    seconds = iter(_ring.read_steps(big, drawn.rows, second_times) if big else [])
+    first, second = [], []
+    for is_big in large:
+        if is_big:
+            first.append(next(firsts))
+            second.append(next(seconds))
+        else:
+            window = next(windows)
+            first.append(window[:, 0])
+            second.append(window[:, 1])
+    return ExperiencePair(
+        jtu.tree_unflatten(structure, first), jtu.tree_unflatten(structure, second)
+    )
+
+
+def _as_rows(where: str, storage: PyTree, batch: PyTree, rows: int | None, sequences: bool):
+    """Checks a batch in the flat buffer's add mode and shapes it `(rows, t, ...)`."""
+    capacity = jtu.tree_leaves(storage)[0].shape[1]
+    axes = ((Axis(str(rows), rows, rows),) if rows is not None else ()) + (
+        (Axis("t", 1, capacity),) if sequences else ()
+    )
+    check_leading(where, storage, batch, axes)
+    lead = len(axes)
+
+    def shaped(x: Array) -> Array:
+        batch_rows = x.shape[0] if rows is not None else 1
+        steps = x.shape[lead - 1] if sequences else 1
+        return x.reshape((batch_rows, steps, *x.shape[lead:]))
+
+    return jtu.tree_map(shaped, batch)
+
+
+class FlatBuffer(AbstractLayeredBuffer):
+    """A buffer of transitions sampled uniformly as pairs of consecutive steps, Flashbax's
+    flat buffer as an Equinox Module (see the module docstring for the add modes).
+
+    The state is a `TrajectoryBufferState`, element for element Flashbax's.
+    """
+
+    max_length: int = eqx.field(static=True)
+    min_length: int = eqx.field(static=True)
+    sample_batch_size: int = eqx.field(static=True)
+    add_sequences: bool = eqx.field(static=True)
+    add_batch_size: int | None = eqx.field(static=True)
+    donate_state: bool = eqx.field(static=True)
+    buffer: TrajectoryBuffer = eqx.field(static=True)
+
+    def __init__(
+        self,
+        max_length: int,
+        min_length: int,
+        sample_batch_size: int,
+        add_sequences: bool = False,
+        add_batch_size: int | None = None,
+        donate_state: bool = True,
+    ):
+        """**Arguments:**
+
+        - `max_length`: transitions held: `add_batch_size` rows (1 when it is `None`) of
+            `max_length // add_batch_size` steps.
+        - `min_length`: transitions needed before `can_sample` is true, rounded as
+            Flashbax does: each row needs `min_length // add_batch_size + 1` steps (and at
+            least 2, one pair).
+        - `sample_batch_size`: transitions per `sample`; at most `max_length`.
+        - `add_sequences`: whether an added batch has a time axis (see the module
+            docstring).
+        - `add_batch_size`: rows per add, or `None` for batches with no row axis.
+        - `donate_state`: as in `TrajectoryBuffer`.
+        """
+        self.max_length, self.min_length = max_length, min_length
+        self.sample_batch_size = sample_batch_size
+        self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
+        self.donate_state = donate_flag(donate_state)
+        config = flat_config(
+            max_length=max_length,
+            min_length=min_length,
+            sample_batch_size=sample_batch_size,
+            add_sequences=add_sequences,
+            add_batch_size=add_batch_size,
+        )
+        self.buffer = TrajectoryBuffer(**config, donate_state=self.donate_state)
+
+    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+        return _as_rows(where, storage, batch, self.add_batch_size, self.add_sequences)
+
+    def _draw(
+        self, where: str, state: TrajectoryBufferState, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], TransitionSample]:
+        """Pairs `(first, second)` of consecutive steps, uniformly over all stored pairs,
+        with replacement; `experience.first` and `.second` have leaves `(count, ...)`."""
+        drawn = self.buffer._choose(where, state, key, count)
+        return drawn.ok, TransitionSample(_pairs(self.buffer, state, drawn))
+
+
+class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
+    """A flat buffer whose transitions are sampled in proportion to
+    `priority ** priority_exponent`, Flashbax's prioritised flat buffer as an Equinox
+    Module: a transition is the window of its two steps in a `PrioritisedTrajectoryBuffer`,
+    whose state is its state."""
+
+    max_length: int = eqx.field(static=True)
+    min_length: int = eqx.field(static=True)
+    sample_batch_size: int = eqx.field(static=True)
+    add_sequences: bool = eqx.field(static=True)
+    add_batch_size: int | None = eqx.field(static=True)
+    priority_exponent: float = eqx.field(static=True)
+    donate_state: bool = eqx.field(static=True)
+    buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True)
+
+    def __init__(
+        self,
+        max_length: int,
+        min_length: int,
+        sample_batch_size: int,
+        add_sequences: bool = False,
+        add_batch_size: int | None = None,
+        priority_exponent: float | int = 0.6,
+        donate_state: bool = True,
+    ):
+        """**Arguments:** those of `FlatBuffer`, and `priority_exponent`, in `[0, 1]` as
+        Flashbax requires for this kind."""
+        self.max_length, self.min_length = max_length, min_length
+        self.sample_batch_size = sample_batch_size
+        self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
+        self.priority_exponent = unit_exponent(priority_exponent)
+        self.donate_state = donate_flag(donate_state)
+        config = flat_config(
+            max_length=max_length,
+            min_length=min_length,
+            sample_batch_size=sample_batch_size,
+            add_sequences=add_sequences,
+            add_batch_size=add_batch_size,
+        )
+        self.buffer = PrioritisedTrajectoryBuffer(
+            **config, priority_exponent=self.priority_exponent, donate_state=self.donate_state
+        )
+
+    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+        return _as_rows(where, storage, batch, self.add_batch_size, self.add_sequences)
+
+    def _draw(
+        self, where: str, state: PrioritisedTrajectoryBufferState, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], PrioritisedTransitionSample]:
+        """Transitions drawn in proportion to priority (stratified, as in
+        `PrioritisedTrajectoryBuffer.sample`)."""
+        drawn = self.buffer._choose(where, state, key, count)
+        assert drawn.indices is not None and drawn.probabilities is not None
+        return drawn.ok, PrioritisedTransitionSample(
+            _pairs(self.buffer, state, drawn), drawn.indices, drawn.probabilities
+        )
+
+
+def make_flat_buffer(
+    max_length: int,
+    min_length: int,
+    sample_batch_size: int,
+    add_sequences: bool = False,
+    add_batch_size: int | None = None,
+    donate_state: bool = True,
+) -> FlatBuffer:
+    """Makes a `FlatBuffer`; the arguments are those of its constructor and of Flashbax's
+    `make_flat_buffer`."""
+    return FlatBuffer(
+        max_length=max_length,
+        min_length=min_length,
+        sample_batch_size=sample_batch_size,
+        add_sequences=add_sequences,
+        add_batch_size=add_batch_size,
+        donate_state=donate_state,
+    )
+
+
+def make_prioritised_flat_buffer(
+    max_length: int,
+    min_length: int,
+    sample_batch_size: int,
+    add_sequences: bool = False,
+    add_batch_size: int | None = None,
+    priority_exponent: float | int = 0.6,
+    device: str = "cpu",
+    donate_state: bool = True,
+) -> PrioritisedFlatBuffer:
+    """Makes a `PrioritisedFlatBuffer`; the arguments are those of its constructor and of
+    Flashbax's `make_prioritised_flat_buffer` (`device` is accepted and ignored, as in
+    `make_prioritised_trajectory_buffer`)."""
+    del device
+    return PrioritisedFlatBuffer(
+        max_length=max_length,
+        min_length=min_length,
+        sample_batch_size=sample_batch_size,
+        add_sequences=add_sequences,
+        add_batch_size=add_batch_size,
+        priority_exponent=priority_exponent,
+        donate_state=donate_state,
+    )

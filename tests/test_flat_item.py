@@ -1,0 +1,339 @@
+"""Flat and item buffers, uniform and prioritised: Flashbax's states element for element in
+every add mode, samples of the right shape and distribution, clear errors, transforms."""
+
+import re
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.stats
+
+import eqx_replay
+
+from .helpers import tree_allclose
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import flashbax
+
+
+EXAMPLE = {"obs": jnp.zeros(2, jnp.float32), "id": jnp.int32(0)}
+ROW_CODE = 1000  # an added step's `id` is `row * ROW_CODE + its time along the row`
+
+# (the name of the `make_*` function, the keyword of the batch axis, its value when there is
+# one, and the size of that axis in the batches of these tests)
+FLAT = ("make_flat_buffer", "add_batch_size", 3, 3)
+ITEM = ("make_item_buffer", "add_batches", True, 3)
+PRIORITISED_FLAT = ("make_prioritised_flat_buffer", "add_batch_size", 3, 3)
+PRIORITISED_ITEM = ("make_prioritised_item_buffer", "add_batches", True, 3)
+KINDS = [FLAT, ITEM, PRIORITISED_FLAT, PRIORITISED_ITEM]
+MODES = [(False, False), (True, False), (False, True), (True, True)]  # (batches, sequences)
+
+
+def make_both(kind, batches, sequences, **overrides):
+    name, batch_keyword, batch_value, _ = kind
+    config: dict[str, Any] = dict(
+        max_length=24, min_length=7, sample_batch_size=5, add_sequences=sequences
+    )
+    if batches:
+        config[batch_keyword] = batch_value
+    config.update(overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(eqx_replay, name)(**config), getattr(flashbax, name)(**config)
+
+
+def make(kind, batches=True, sequences=True, **overrides):
+    return make_both(kind, batches, sequences, **overrides)[0]
+
+
+def batch_for(kind, batches, sequences, steps, first_time, rng):
+    """A batch in the add mode: rows (or items) `b` of `steps` steps, with ids."""
+    rows = kind[3] if batches else 1
+    steps = steps if sequences else 1
+    ids = np.arange(rows)[:, None] * ROW_CODE + first_time + np.arange(steps)[None, :]
+    batch = {
+        "obs": rng.normal(size=(rows, steps, 2)).astype(np.float32),
+        "id": ids.astype(np.int32),
+    }
+
+    def drop(x):
+        if not sequences:
+            x = x[:, 0]
+        if not batches:
+            x = x[0]
+        return jnp.asarray(x)
+
+    return jax.tree.map(drop, batch)
+
+
+@pytest.mark.parametrize("batches,sequences", MODES)
+@pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
+def test_same_states_as_flashbax(kind, batches, sequences):
+    ours, theirs = make_both(kind, batches, sequences)
+    state, fstate = ours.init(EXAMPLE), theirs.init(EXAMPLE)
+    rng = np.random.default_rng(0)
+    time = 0
+    for steps in (3, 1, 5, 4, 2, 6, 3):
+        batch = batch_for(kind, batches, sequences, steps, time, rng)
+        time += steps if sequences else 1
+        state, fstate = ours.add(state, batch), theirs.add(fstate, batch)
+        for name in EXAMPLE:
+            np.testing.assert_array_equal(state.experience[name], fstate.experience[name])
+        assert int(state.current_index) == int(fstate.current_index)
+        assert bool(state.is_full) == bool(fstate.is_full)
+        assert bool(ours.can_sample(state)) == bool(theirs.can_sample(fstate))
+
+
+def filled_flat(kind, adds=12, steps=3):
+    buffer = make(kind)
+    state = buffer.init(EXAMPLE)
+    rng = np.random.default_rng(1)
+    for i in range(adds):
+        state = buffer.add(state, batch_for(kind, True, True, steps, i * steps, rng))
+    return buffer, state
+
+
+def many(buffer, state, draws):
+    """`draws` samples, each of the buffer's batch size, in one compiled call."""
+    keys = jr.split(jr.key(7), draws)
+    return jax.jit(jax.vmap(buffer.sample, in_axes=(None, 0)))(state, keys)
+
+
+@pytest.mark.parametrize("kind", [FLAT, PRIORITISED_FLAT], ids=["flat", "prioritised_flat"])
+def test_flat_samples_consecutive_steps_uniformly(kind):
+    buffer, state = filled_flat(kind)
+    capacity = 24 // 3
+    sample = many(buffer, state, 2000)
+    first = np.asarray(sample.experience.first["id"]).reshape(-1)
+    second = np.asarray(sample.experience.second["id"]).reshape(-1)
+    # The step after `first` in the same row, both stored: never across the write head.
+    np.testing.assert_array_equal(second, first + 1)
+    newest = 12 * 3 - 1
+    assert np.all(first % ROW_CODE >= newest - capacity + 1) and np.all(second % ROW_CODE <= newest)
+    # Uniform over the (rows x (capacity - 1)) stored pairs (equal priorities at first).
+    pairs = [r * ROW_CODE + t for r in range(3) for t in range(newest - capacity + 1, newest)]
+    counts = np.array([np.sum(first == p) for p in pairs])
+    assert counts.sum() == first.size
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kind", [ITEM, PRIORITISED_ITEM], ids=["item", "prioritised_item"])
+def test_item_samples_stored_items_uniformly(kind):
+    buffer = make(kind)
+    state = buffer.init(EXAMPLE)
+    rng = np.random.default_rng(2)
+    for i in range(5):  # 5 adds of 3 x 4 items: 60 items through 24 slots
+        state = buffer.add(state, batch_for(kind, True, True, 4, 4 * i, rng))
+    sample = many(buffer, state, 2000)
+    ids = np.asarray(sample.experience["id"]).reshape(-1)
+    assert sample.experience["obs"].shape == (2000, 5, 2)
+    # Items are stored b-major: the last add's 12 items and the 12 before them.
+    stored = sorted(
+        r * ROW_CODE + t for i in (3, 4) for r in range(3) for t in range(4 * i, 4 * i + 4)
+    )
+    assert sorted(set(ids.tolist())) == stored
+    counts = np.array([np.sum(ids == s) for s in stored])
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kind", [PRIORITISED_FLAT, PRIORITISED_ITEM], ids=["flat", "item"])
+def test_prioritised_kinds_sample_in_proportion_to_priority(kind):
+    buffer = make(kind, priority_exponent=0.5)
+    state = buffer.init(EXAMPLE)
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        state = buffer.add(state, batch_for(kind, True, True, 2, 2 * i, rng))
+    # Every valid item's handle (all priorities are equal so far), then a priority each.
+    handles = np.unique(np.asarray(many(buffer, state, 500).indices))
+    priorities = np.arange(1, len(handles) + 1, dtype=np.float32) ** 2
+    state = buffer.set_priorities(state, jnp.asarray(handles), jnp.asarray(priorities))
+    draws = many(buffer, state, 3000)
+    drawn = np.asarray(draws.indices).reshape(-1)
+    assert set(np.unique(drawn)) <= set(handles.tolist())
+    expected = np.sqrt(priorities) / np.sqrt(priorities).sum()
+    probabilities = np.asarray(draws.probabilities).reshape(-1)
+    for handle, p in zip(handles, expected):
+        np.testing.assert_allclose(probabilities[drawn == handle], p, rtol=1e-5)
+    counts = np.array([np.sum(drawn == h) for h in handles])
+    assert scipy.stats.chisquare(counts, expected * counts.sum()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
+def test_sampling_too_early_gives_poison(kind):
+    buffer = make(kind, min_length=20)
+    state = buffer.add(
+        buffer.init(EXAMPLE), batch_for(kind, True, True, 2, 0, np.random.default_rng())
+    )
+    assert not bool(buffer.can_sample(state))
+    sample = buffer.sample(state, jr.key(0))
+    obs = sample.experience.first["obs"] if "flat" in kind[0] else sample.experience["obs"]
+    assert bool(jnp.all(jnp.isnan(obs)))
+
+
+@pytest.mark.parametrize(
+    "kind,overrides,error,message",
+    [
+        (
+            FLAT,
+            dict(sample_batch_size=25),
+            ValueError,
+            "`sample_batch_size` (25) must be <= `max_length` (24)",
+        ),
+        (
+            FLAT,
+            dict(max_length=5),
+            ValueError,
+            "`max_length` (5) must hold at least 2 steps per row, a pair: "
+            "`max_length // add_batch_size` is 5 // 3 = 1",
+        ),
+        (
+            FLAT,
+            dict(min_length=24),
+            ValueError,
+            "`min_length` (24) needs `min_length // add_batch_size + 1` = 9 steps per row, "
+            "more than the 8",
+        ),
+        (FLAT, dict(add_batch_size=0), ValueError, "`add_batch_size` must be >= 1; got 0"),
+        (FLAT, dict(add_sequences=1), TypeError, "`add_sequences` must be a bool; got int 1"),
+        (
+            ITEM,
+            dict(sample_batch_size=30),
+            ValueError,
+            "`sample_batch_size` (30) must be <= `max_length` (24)",
+        ),
+        (ITEM, dict(min_length=25), ValueError, "`min_length` (25) must be <= `max_length` (24)"),
+        (ITEM, dict(add_batches="yes"), TypeError, "`add_batches` must be a bool; got str 'yes'"),
+        (
+            PRIORITISED_FLAT,
+            dict(priority_exponent=1.5),
+            ValueError,
+            "`priority_exponent` must be in [0, 1]; got 1.5",
+        ),
+        (
+            PRIORITISED_ITEM,
+            dict(priority_exponent=-0.5),
+            ValueError,
+            "`priority_exponent` must be in [0, 1]; got -0.5",
+        ),
+    ],
+)
+def test_configuration_errors_name_the_argument(kind, overrides, error, message):
+    with pytest.raises((error, TypeError)) as info:
+        make(kind, **overrides)
+    text = str(info.value)
+    if "Type-check error" in text:  # this run's import hook checks the annotation first
+        assert f"parameter '{next(iter(overrides))}'" in text
+    else:
+        assert isinstance(info.value, error) and message in text
+
+
+@pytest.mark.parametrize(
+    "kind,batches,sequences,batch,message",
+    [
+        (
+            FLAT,
+            False,
+            False,
+            {"obs": jnp.zeros(3), "id": jnp.int32(0)},
+            "`FlatBuffer.add`: leaf ['obs'] has shape (3,); expected (2,)",
+        ),
+        (
+            FLAT,
+            True,
+            False,
+            {"obs": jnp.zeros((2, 2)), "id": jnp.zeros(2, jnp.int32)},
+            "`FlatBuffer.add`: leaf ['id'] has shape (2,); expected (3,)",
+        ),
+        (
+            FLAT,
+            True,
+            True,
+            {"obs": jnp.zeros((3, 9, 2)), "id": jnp.zeros((3, 9), jnp.int32)},
+            "leaf ['id'] has shape (3, 9); expected (3, t) with 1 <= t <= 8",
+        ),
+        (
+            FLAT,
+            False,
+            True,
+            {"obs": jnp.zeros((4, 2)), "id": jnp.zeros(5, jnp.int32)},
+            "`FlatBuffer.add`: leaves disagree on t: ['id'] has 5, ['obs'] has 4",
+        ),
+        (
+            ITEM,
+            True,
+            True,
+            {"obs": jnp.zeros((5, 5, 2)), "id": jnp.zeros((5, 5), jnp.int32)},
+            "`ItemBuffer.add`: the batch holds 5 x 5 = 25 items; at most `max_length` (24)",
+        ),
+        (
+            PRIORITISED_ITEM,
+            False,
+            False,
+            {"obs": jnp.zeros(2, jnp.int32), "id": jnp.int32(0)},
+            "`PrioritisedItemBuffer.add`: leaf ['obs'] has dtype int32; expected float32",
+        ),
+    ],
+)
+def test_bad_batches_name_the_call_and_leave_the_state(kind, batches, sequences, batch, message):
+    buffer = make(kind, batches=batches, sequences=sequences)
+    good = batch_for(kind, batches, sequences, 2, 0, np.random.default_rng())
+    state = buffer.add(buffer.init(EXAMPLE), good)
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        buffer.add(state, batch)
+    state = buffer.add(state, good)
+    assert int(state.current_index) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
+def test_transforms_and_no_retracing(kind):
+    buffer = make(kind)
+    rng = np.random.default_rng(4)
+    batches = [batch_for(kind, True, True, 2, 2 * i, rng) for i in range(6)]
+    expected = buffer.init(EXAMPLE)
+    for b in batches:
+        expected = buffer.add(expected, b)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *batches)
+
+    @eqx.filter_jit
+    def scan(state, stacked):
+        return jax.lax.scan(lambda s, b: (buffer.add(s, b), buffer.can_sample(s)), state, stacked)
+
+    state, _ = scan(buffer.init(EXAMPLE), stacked)
+    assert tree_allclose(jax.tree.map(np.asarray, state), jax.tree.map(np.asarray, expected))
+    key = jr.key(5)
+    assert tree_allclose(jax.jit(buffer.sample)(state, key), buffer.sample(state, key))
+    # vmap over two independent buffers.
+    states = jax.vmap(lambda _: buffer.init(EXAMPLE))(jnp.arange(2))
+    for b in batches:
+        states = jax.vmap(buffer.add)(states, jax.tree.map(lambda x: jnp.stack([x, x]), b))
+    one = jax.tree.map(lambda x: x[1], states)
+    assert tree_allclose(jax.tree.map(np.asarray, one), jax.tree.map(np.asarray, expected))
+    samples = jax.vmap(buffer.sample)(states, jr.split(key, 2))
+    assert jax.tree.leaves(samples)[0].shape[0] == 2
+    # pmap over the two fake CPU devices.
+    states = jax.pmap(lambda _: buffer.init(EXAMPLE))(jnp.arange(2))
+    states = jax.pmap(buffer.add)(states, jax.tree.map(lambda x: jnp.stack([x, x]), batches[0]))
+    assert int(states.current_index[0]) == int(states.current_index[1]) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
+def test_add_of_one_transition_writes_in_place(kind):
+    buffer = make(kind, batches=False, sequences=False, max_length=4096)
+    state = buffer.init(EXAMPLE)
+    one = batch_for(kind, False, False, 1, 0, np.random.default_rng())
+    hlo = buffer.add.lower(state, one).compile().as_text()  # pyright: ignore[reportFunctionMemberAccess] # a jitted function
+    assert "scatter" not in hlo
+    storage = ["f32[1,4096,2]", "s32[1,4096]"]
+    copies = [
+        line
+        for line in hlo.splitlines()
+        if " copy(" in line and any(line.split("=", 1)[-1].strip().startswith(s) for s in storage)
+    ]
+    assert copies == []
