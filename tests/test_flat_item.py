@@ -14,6 +14,7 @@ import pytest
 import scipy.stats
 
 import eqx_replay
+import eqx_replay._ring as ring
 
 from .helpers import tree_allclose
 
@@ -337,3 +338,19 @@ def test_add_of_one_transition_writes_in_place(kind):
         if " copy(" in line and any(line.split("=", 1)[-1].strip().startswith(s) for s in storage)
     ]
     assert copies == []
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
+def test_no_retracing(kind, monkeypatch):
+    # A capacity no other test uses, so that the methods are traced here.
+    buffer = make(kind, max_length=42)
+    traced_add = eqx.debug.assert_max_traces(ring.advance, max_traces=1)
+    traced_read = eqx.debug.assert_max_traces(ring.read, max_traces=1)
+    monkeypatch.setattr(ring, "advance", traced_add)
+    monkeypatch.setattr(ring, "read", traced_read)
+    state, rng = buffer.init(EXAMPLE), np.random.default_rng(6)
+    for i in range(12):
+        state = buffer.add(state, batch_for(kind, True, True, 2, 2 * i, rng))
+        buffer.sample(state, jr.key(i))
+    assert eqx.debug.get_num_traces(traced_add) == 1
+    assert eqx.debug.get_num_traces(traced_read) == 1

@@ -242,3 +242,14 @@ def test_bad_mixers_and_calls_are_named():
         match=re.escape("`Mixer.sample`: the samples of buffer 0 and buffer 1 do not concatenate"),
     ):
         mixed.sample(states, jr.key(0))
+
+
+def test_a_mixed_sample_is_poisoned_unless_every_buffer_can_be_sampled():
+    buffer = flat()
+    mixer = eqx_replay.make_mixer([buffer, buffer], 6, [1, 1])
+    ready, empty = filled(buffer, 0), buffer.init(EXAMPLE)
+    assert not bool(mixer.can_sample([ready, empty]))
+    sample = mixer.sample([ready, empty], jr.key(0))
+    assert np.all(np.asarray(sample.experience.first["id"]) == np.iinfo(np.int32).max)
+    sample = mixer.sample([ready, ready], jr.key(0))
+    assert np.all(np.asarray(sample.experience.first["id"]) < 100)

@@ -255,3 +255,22 @@ def test_scan_vmap_and_no_retracing():
         for i in range(3):
             state = add(state, batch(2 * i, 2))
     assert int(state.write_index) == 6
+
+
+def test_add_and_sample_write_and_read_in_place():
+    queue = eqx_replay.make_trajectory_queue(
+        max_length_time_axis=1024,
+        add_batch_size=16,
+        add_sequence_length=8,
+        sample_sequence_length=8,
+    )
+    state = queue.init({"obs": jnp.zeros(64)})
+    for method, args in [("add", (state, {"obs": jnp.zeros((16, 8, 64))})), ("sample", (state,))]:
+        hlo = getattr(queue, method).lower(*args).compile().as_text()
+        assert "scatter" not in hlo
+        copies = [
+            line
+            for line in hlo.splitlines()
+            if " copy(" in line and line.split("=", 1)[-1].strip().startswith("f32[16,1024,64]")
+        ]
+        assert copies == [], method
