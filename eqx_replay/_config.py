@@ -445,6 +445,11 @@ def mixer_config(
                 f"`buffers` must be of one kind: buffers[0] is a {type(buffers[0]).__name__}, "
                 f"buffers[{i}] a {type(buffer).__name__}"
             )
+        if getattr(buffer, "sharding", None) is not None:
+            raise ValueError(
+                f"`buffers[{i}]` is sharded, which a mixer does not support: sample the "
+                "sharded buffers one by one and concatenate the samples"
+            )
     samples = _positive_int("sample_batch_size", sample_batch_size)
     if not isinstance(proportions, (list, tuple)) or len(proportions) != len(buffers):
         raise ValueError(

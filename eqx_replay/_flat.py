@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax.tree_util as jtu
 from beartype import beartype
+from jax.sharding import NamedSharding
 from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
@@ -29,6 +30,7 @@ from ._config import donate_flag, flat_config, unit_exponent
 from ._data import Data
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
+from ._sharding import local_flat, shard_config
 from ._trajectory import TrajectoryBuffer, TrajectoryBufferState
 from ._windows import Drawn
 
@@ -130,6 +132,7 @@ class FlatBuffer(AbstractLayeredBuffer):
     add_sequences: bool = eqx.field(static=True)
     add_batch_size: int | None = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
+    sharding: NamedSharding | None = eqx.field(static=True)
     buffer: TrajectoryBuffer = eqx.field(static=True)
 
     def __init__(
@@ -140,6 +143,7 @@ class FlatBuffer(AbstractLayeredBuffer):
         add_sequences: bool = False,
         add_batch_size: int | None = None,
         donate_state: bool = True,
+        sharding: NamedSharding | None = None,
     ):
         """**Arguments:**
 
@@ -153,6 +157,8 @@ class FlatBuffer(AbstractLayeredBuffer):
             docstring).
         - `add_batch_size`: rows per add, or `None` for batches with no row axis.
         - `donate_state`: as in `TrajectoryBuffer`.
+        - `sharding`: as in `TrajectoryBuffer`: the rows (`add_batch_size`, which must
+            then be given) are split over the devices of the mesh axis it names.
         """
         self.max_length, self.min_length = max_length, min_length
         self.sample_batch_size = sample_batch_size
@@ -165,7 +171,17 @@ class FlatBuffer(AbstractLayeredBuffer):
             add_sequences=add_sequences,
             add_batch_size=add_batch_size,
         )
-        self.buffer = TrajectoryBuffer(**config, donate_state=self.donate_state)
+        shard_config(
+            "FlatBuffer",
+            sharding,
+            add_batch_size=add_batch_size,
+            sample_batch_size=sample_batch_size,
+        )
+        self.sharding = sharding
+        self.buffer = TrajectoryBuffer(**config, donate_state=self.donate_state, sharding=sharding)
+
+    def _local(self) -> "FlatBuffer":
+        return local_flat(self)
 
     def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
         return _as_rows(where, storage, batch, self.add_batch_size, self.add_sequences)
@@ -192,6 +208,7 @@ class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
     add_batch_size: int | None = eqx.field(static=True)
     priority_exponent: float = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
+    sharding: NamedSharding | None = eqx.field(static=True)
     buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True)
 
     def __init__(
@@ -203,9 +220,11 @@ class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
         add_batch_size: int | None = None,
         priority_exponent: float | int = 0.6,
         donate_state: bool = True,
+        sharding: NamedSharding | None = None,
     ):
         """**Arguments:** those of `FlatBuffer`, and `priority_exponent`, in `[0, 1]` as
-        Flashbax requires for this kind."""
+        Flashbax requires for this kind. With `sharding`, each device keeps a sum tree of
+        its own rows' transitions (see `PrioritisedTrajectoryBuffer`)."""
         self.max_length, self.min_length = max_length, min_length
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
@@ -218,9 +237,22 @@ class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
             add_sequences=add_sequences,
             add_batch_size=add_batch_size,
         )
-        self.buffer = PrioritisedTrajectoryBuffer(
-            **config, priority_exponent=self.priority_exponent, donate_state=self.donate_state
+        shard_config(
+            "PrioritisedFlatBuffer",
+            sharding,
+            add_batch_size=add_batch_size,
+            sample_batch_size=sample_batch_size,
         )
+        self.sharding = sharding
+        self.buffer = PrioritisedTrajectoryBuffer(
+            **config,
+            priority_exponent=self.priority_exponent,
+            donate_state=self.donate_state,
+            sharding=sharding,
+        )
+
+    def _local(self) -> "PrioritisedFlatBuffer":
+        return local_flat(self, priority_exponent=self.priority_exponent)
 
     def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
         return _as_rows(where, storage, batch, self.add_batch_size, self.add_sequences)
@@ -244,6 +276,7 @@ def make_flat_buffer(
     add_sequences: bool = False,
     add_batch_size: int | None = None,
     donate_state: bool = True,
+    sharding: NamedSharding | None = None,
 ) -> FlatBuffer:
     """Makes a `FlatBuffer`; the arguments are those of its constructor and of Flashbax's
     `make_flat_buffer`."""
@@ -254,6 +287,7 @@ def make_flat_buffer(
         add_sequences=add_sequences,
         add_batch_size=add_batch_size,
         donate_state=donate_state,
+        sharding=sharding,
     )
 
 
@@ -266,6 +300,7 @@ def make_prioritised_flat_buffer(
     priority_exponent: float | int = 0.6,
     device: str = "cpu",
     donate_state: bool = True,
+    sharding: NamedSharding | None = None,
 ) -> PrioritisedFlatBuffer:
     """Makes a `PrioritisedFlatBuffer`; the arguments are those of its constructor and of
     Flashbax's `make_prioritised_flat_buffer` (`device` is accepted and ignored, as in
@@ -279,4 +314,5 @@ def make_prioritised_flat_buffer(
         add_batch_size=add_batch_size,
         priority_exponent=priority_exponent,
         donate_state=donate_state,
+        sharding=sharding,
     )

@@ -121,6 +121,16 @@ def _donated_error(where: str) -> ValueError:
     )
 
 
+def _devices_error(where: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"`{where}`: the arguments are committed to different devices, so JAX cannot run "
+        "the call. Put each argument on the state's devices: for a sharded buffer, a batch "
+        "placed with `NamedSharding(mesh, PartitionSpec(axis))`, replicated on the mesh, "
+        "or uncommitted (made by `jnp`, not `jax.device_put` to one device). JAX says: "
+        + str(error).splitlines()[0]
+    )
+
+
 class CompiledMethod(Generic[_B, _P, _R]):
     """A buffer method run under `jax.jit`; see the module docstring. Made by
     `compiled_method`."""
@@ -184,6 +194,8 @@ class CompiledMethod(Generic[_B, _P, _R]):
             except (ValueError, RuntimeError) as error:
                 if _deleted((args[:1], kwargs.get("state"), kwargs.get("states"))):
                     raise _donated_error(where) from error
+                if "incompatible devices" in str(error):
+                    raise _devices_error(where, error) from error
                 raise
 
         def stage(name: str) -> Callable[..., Any]:

@@ -15,9 +15,11 @@ import equinox as eqx
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
 
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
+from ._checks import check_key
 from ._guard import poison_sample
 from ._jit import compiled_method
 from ._prioritised import PrioritisedTrajectoryBuffer
+from ._sharding import sharded_sample
 from ._trajectory import TrajectoryBuffer
 
 
@@ -63,7 +65,21 @@ class AbstractLayeredBuffer(AbstractReplayBuffer):
         """Draws `sample_batch_size` items; poison when `can_sample` is false."""
         where = f"{type(self).__name__}.sample"
         key = cast(PRNGKeyArray, rng_key)  # checked in `_draw`
+        shards = self.buffer._shards
+        if shards is not None:
+            self._check_state(where, state)
+            check_key(where, key)
+            inner = self.buffer
+            finish = (
+                inner._sharded_handles if isinstance(inner, PrioritisedTrajectoryBuffer) else None
+            )
+            return sharded_sample(shards, self._local(), where, state, key, finish)
         return poison_sample(*self._draw(where, state, key, self.sample_batch_size))
+
+    def _local(self) -> "AbstractLayeredBuffer":
+        """The buffer each device runs on its own rows when the buffer is sharded; kinds
+        that take `sharding` define it."""
+        raise TypeError(f"{type(self).__name__} cannot be sharded")
 
     @abc.abstractmethod
     def _draw(

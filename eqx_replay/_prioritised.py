@@ -4,10 +4,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from beartype import beartype
+from jax.sharding import NamedSharding
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
@@ -25,6 +27,17 @@ from ._data import Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_sample
 from ._jit import compiled_method
+from ._sharding import (
+    global_state,
+    local_rows,
+    row_shards,
+    sharded_empty,
+    sharded_sample,
+    sharded_set_priorities,
+    sharded_totals,
+    sharded_write,
+    Shards,
+)
 from ._sum_tree import priority_leaves, SumTree
 from ._windows import Drawn, Grid, is_valid, item_windows, update_items, window_number
 
@@ -50,14 +63,18 @@ class PrioritisedTrajectoryBufferState(Data):
 
     Items are numbered column by column: item `column * add_batch_size + row` is the window
     of row `row` that starts at time index `column * period`.
+
+    A sharded buffer (`sharding=...`) keeps one sum tree per device, over its own rows:
+    `priorities.nodes`, `generation` and `max_priority` then have a leading axis of one
+    entry per device, and `grid` is a device's.
     """
 
     experience: PyTree[Shaped[Array, "add_batch time ..."]]
     current_index: Int[Array, ""]
     is_full: Bool[Array, ""]
     priorities: SumTree
-    generation: Int[Array, " items"]
-    max_priority: Float[Array, ""]
+    generation: Int[Array, "*shards items"]
+    max_priority: Float[Array, "*shards"]
     grid: Grid = eqx.field(static=True)
     strict: bool = eqx.field(static=True)
 
@@ -110,6 +127,7 @@ class PrioritisedTrajectoryBuffer(
     donate_state: bool = eqx.field(static=True)
     episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
     boundary: Boundary = eqx.field(static=True)
+    sharding: NamedSharding | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -124,11 +142,17 @@ class PrioritisedTrajectoryBuffer(
         donate_state: bool = True,
         episode_end: Callable[[PyTree], Any] | None = None,
         boundary: Boundary = "ignore",
+        sharding: NamedSharding | None = None,
     ):
         """**Arguments:** those of `TrajectoryBuffer`, and
 
         - `priority_exponent`: windows are drawn in proportion to
             `priority ** priority_exponent` (0 gives uniform sampling over valid windows).
+
+        With `sharding`, each device keeps a sum tree over its own rows and draws
+        `sample_batch_size / n` windows from it: a window of device `d` is drawn by one of
+        `d`'s draws with probability `p / total_d`, and `sample.probabilities` reports
+        `p / (n * total_d)`, its probability under the whole sample (see the README).
 
         The time axis is rounded down to a multiple of `period`, with a warning.
         """
@@ -154,6 +178,16 @@ class PrioritisedTrajectoryBuffer(
         )
         self.donate_state = donate_flag(donate_state)
         self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
+        self.sharding = sharding
+        self._shards  # checks `sharding`
+
+    @property
+    def _shards(self) -> Shards | None:
+        return row_shards(self)
+
+    def _local(self) -> "PrioritisedTrajectoryBuffer":
+        """The buffer each device runs on its own rows (see `_sharding`)."""
+        return local_rows(self, priority_exponent=self.priority_exponent)
 
     @property
     def _grid(self) -> Grid:
@@ -174,7 +208,17 @@ class PrioritisedTrajectoryBuffer(
     def _init(self, where: str, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
+        shards = self._shards
+        if shards is not None:
+            return sharded_empty(shards, self._local(), experience)
         return self._empty(experience)
+
+    def _global_empty(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
+        """`_empty`, or for a sharded buffer the shapes of the global state."""
+        shards = self._shards
+        if shards is None:
+            return self._empty(experience)
+        return global_state(shards, self._local()._empty(experience))
 
     def _empty(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         storage, current_index, is_full = _ring.empty(
@@ -200,7 +244,7 @@ class PrioritisedTrajectoryBuffer(
             state,
             PrioritisedTrajectoryBufferState,
             (self.add_batch_size, self.max_length_time_axis),
-            self._empty,
+            self._global_empty,
         )
 
     @compiled_method(donates_state=True)
@@ -226,6 +270,9 @@ class PrioritisedTrajectoryBuffer(
         batch: PyTree[Shaped[Array, "..."]],
     ) -> PrioritisedTrajectoryBufferState:
         """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
+        shards = self._shards
+        if shards is not None:
+            return sharded_write(shards, self._local(), where, state, batch)
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
@@ -261,6 +308,10 @@ class PrioritisedTrajectoryBuffer(
 
     def _can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)
+        shards = self._shards
+        if shards is not None:
+            # Every device must be able to draw its share: one boolean per device, reduced.
+            return enough & jnp.all(sharded_totals(shards, state) > 0)
         return enough & (state.priorities.total() > 0)
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
@@ -278,7 +329,29 @@ class PrioritisedTrajectoryBuffer(
         **Returns:** a `PrioritisedTrajectoryBufferSample`.
         """
         where = "PrioritisedTrajectoryBuffer.sample"
+        shards = self._shards
+        if shards is not None:
+            self._check_state(where, state)
+            check_key(where, rng_key)
+            local_buffer = self._local()
+            return sharded_sample(
+                shards, local_buffer, where, state, rng_key, self._sharded_handles
+            )
         return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
+
+    def _sharded_handles(self, state: PrioritisedTrajectoryBufferState, sample: Any) -> Any:
+        """Inside a sharded `sample`, on one device: the local sample's handles made global
+        (they name the device, see `_handle_parts`) and its probabilities made the whole
+        sample's (each device draws `1 / n` of it)."""
+        shards = self._shards
+        assert shards is not None
+        items_total = self._local()._grid.num_items
+        items = sample.indices % items_total
+        number = window_number(state.generation[items]) % self._generations
+        device = lax.axis_index(shards.axis)
+        indices = number * self._grid.num_items + device * items_total + items
+        probabilities = sample.probabilities / shards.count
+        return eqx.tree_at(lambda s: (s.indices, s.probabilities), sample, (indices, probabilities))
 
     def _draw(
         self, where: str, state: PrioritisedTrajectoryBufferState, key: ArrayLike, count: int
@@ -346,6 +419,12 @@ class PrioritisedTrajectoryBuffer(
         """`set_priorities`, with errors reported as coming from `where`."""
         self._check_state(where, state)
         indices, priorities = check_priorities(where, indices, priorities)
+        shards = self._shards
+        if shards is not None:
+            local_buffer = self._local()
+            return sharded_set_priorities(
+                shards, local_buffer, where, state, indices, priorities, self._local_handles
+            )
         items_total = self._grid.num_items
         generation, items = jnp.divmod(indices, items_total)
         in_range = (indices >= 0) & (generation < self._generations)
@@ -372,6 +451,28 @@ class PrioritisedTrajectoryBuffer(
             state.strict,
         )
 
+    def _local_handles(
+        self, state: PrioritisedTrajectoryBufferState, indices: Int[Array, " k"]
+    ) -> Int[Array, " k"]:
+        """Inside a sharded `set_priorities`, on one device: the global handles as its local
+        buffer's, and -1 (ignored) for a handle that is stale, out of range, or drawn by
+        another device."""
+        shards = self._shards
+        assert shards is not None
+        local_buffer = self._local()
+        local_items = local_buffer._grid.num_items
+        generation, global_item = jnp.divmod(indices, self._grid.num_items)
+        device, items = jnp.divmod(global_item, local_items)
+        mine = (indices >= 0) & (generation < self._generations)
+        mine = mine & (device == lax.axis_index(shards.axis))
+        items = jnp.where(mine, items, 0)
+        stored = state.generation[items]
+        current = (
+            mine & is_valid(stored) & (window_number(stored) % self._generations == generation)
+        )
+        number = window_number(stored) % local_buffer._generations
+        return jnp.where(current, number * local_items + items, -1)
+
 
 def make_prioritised_trajectory_buffer(
     add_batch_size: int,
@@ -386,6 +487,7 @@ def make_prioritised_trajectory_buffer(
     donate_state: bool = True,
     episode_end: Callable[[PyTree], Any] | None = None,
     boundary: Boundary = "ignore",
+    sharding: NamedSharding | None = None,
 ) -> PrioritisedTrajectoryBuffer:
     """Makes a `PrioritisedTrajectoryBuffer`; the arguments are those of its constructor and
     of Flashbax's `make_prioritised_trajectory_buffer`.
@@ -407,6 +509,7 @@ def make_prioritised_trajectory_buffer(
         donate_state=donate_state,
         episode_end=episode_end,
         boundary=boundary,
+        sharding=sharding,
     )
 
 

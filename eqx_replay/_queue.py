@@ -15,6 +15,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from beartype import beartype
+from jax.sharding import NamedSharding
 from jaxtyping import Array, Bool, Int, jaxtyped, PyTree, Shaped
 
 from . import _ring
@@ -24,6 +25,7 @@ from ._config import donate_flag, queue_config
 from ._data import Data
 from ._guard import poison_unless
 from ._jit import compiled_method
+from ._sharding import local, shard_config, sharded_empty, sharded_read, sharded_write, Shards
 
 
 @jaxtyped(typechecker=beartype)
@@ -73,6 +75,7 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
     add_sequence_length: int = eqx.field(static=True)
     sample_sequence_length: int = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
+    sharding: NamedSharding | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         sample_sequence_length: int,
         max_size: int | None = None,
         donate_state: bool = True,
+        sharding: NamedSharding | None = None,
     ):
         """**Arguments:**
 
@@ -93,6 +97,9 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         - `max_size`: when given, total steps held: it replaces `max_length_time_axis` by
             `max_size // add_batch_size`, with a warning, as in Flashbax.
         - `donate_state`: whether `add` and `sample` update the state in place.
+        - `sharding`: as in `TrajectoryBuffer`: the rows are split over the devices of
+            the mesh axis it names (`add_batch_size` must divide by their number), and
+            each device reads its own rows.
         """
         (
             self.max_length_time_axis,
@@ -107,11 +114,34 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
             max_size=max_size,
         )
         self.donate_state = donate_flag(donate_state)
+        self.sharding = sharding
+        self._shards  # checks `sharding`
+
+    @property
+    def _shards(self) -> Shards | None:
+        return shard_config("TrajectoryQueue", self.sharding, add_batch_size=self.add_batch_size)
+
+    def _local(self) -> "TrajectoryQueue":
+        """The queue each device runs on its own rows (see `_sharding`)."""
+        shards = self._shards
+        assert shards is not None
+        return local(
+            lambda: TrajectoryQueue(
+                max_length_time_axis=self.max_length_time_axis,
+                add_batch_size=self.add_batch_size // shards.count,
+                add_sequence_length=self.add_sequence_length,
+                sample_sequence_length=self.sample_sequence_length,
+                donate_state=self.donate_state,
+            )
+        )
 
     def init(self, experience: PyTree) -> TrajectoryQueueState:
         """An empty queue for steps shaped like `experience`: zeros
         `(add_batch_size, max_length_time_axis, *leaf.shape)`, both heads at 0."""
         check_example("TrajectoryQueue.init", experience)
+        shards = self._shards
+        if shards is not None:
+            return sharded_empty(shards, self._local(), experience)
         return self._empty(experience)
 
     def _empty(self, experience: PyTree) -> TrajectoryQueueState:
@@ -145,7 +175,18 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         and adds one to `refused_adds`."""
         where = "TrajectoryQueue.add"
         self._check_state(where, state)
-        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        check_batch(where, state.experience, batch, self.max_length_time_axis)
+        shards = self._shards
+        if shards is not None:
+            return sharded_write(shards, self._local(), where, state, batch)
+        return self._write(where, state, batch)
+
+    def _write(
+        self, where: str, state: TrajectoryQueueState, batch: PyTree[Shaped[Array, "..."]]
+    ) -> TrajectoryQueueState:
+        """`add` after its checks."""
+        del where
+        steps = jtu.tree_leaves(batch)[0].shape[1]
         fits = steps <= self.max_length_time_axis - self._unread(state)
         # The slots the steps go to, kept as they were when the add does not fit: a write of
         # the batch's size either way, with no control flow (a branch over the storage
@@ -196,6 +237,15 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         """
         where = "TrajectoryQueue.sample"
         self._check_state(where, state)
+        shards = self._shards
+        if shards is not None:
+            return sharded_read(shards, self._local(), state)
+        return self._read(state)
+
+    def _read(
+        self, state: TrajectoryQueueState
+    ) -> tuple[TrajectoryQueueState, TrajectoryQueueSample]:
+        """`sample` after its checks."""
         length = self.sample_sequence_length
         ok = self._can_sample(state)
         steps = jtu.tree_map(
@@ -221,6 +271,7 @@ def make_trajectory_queue(
     sample_sequence_length: int,
     max_size: int | None = None,
     donate_state: bool = True,
+    sharding: NamedSharding | None = None,
 ) -> TrajectoryQueue:
     """Makes a `TrajectoryQueue`; the arguments are those of its constructor and of
     Flashbax's `make_trajectory_queue`."""
@@ -231,4 +282,5 @@ def make_trajectory_queue(
         sample_sequence_length=sample_sequence_length,
         max_size=max_size,
         donate_state=donate_state,
+        sharding=sharding,
     )

@@ -94,11 +94,12 @@ class SumTree(Data):
     - `nodes`: the levels, concatenated from the items up. In level 0, entry `i` is the
       priority of item `i`; entry `g` of level `j + 1` is the sum of entries
       `FANOUT * g` to `FANOUT * (g + 1) - 1` of level `j`. The last level is one group of
-      `FANOUT`: its sum is the total. Padding entries are zero.
+      `FANOUT`: its sum is the total. Padding entries are zero. (In a sharded buffer's
+      state, one tree per device, stacked: `(devices, nodes)`.)
     - `num_leaves`: the number of items (static).
     """
 
-    nodes: Float[Array, " nodes"]
+    nodes: Float[Array, "*shards nodes"]
     num_leaves: int = eqx.field(static=True)
 
     @staticmethod

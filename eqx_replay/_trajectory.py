@@ -8,6 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from beartype import beartype
+from jax.sharding import NamedSharding
 from jaxtyping import Array, ArrayLike, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
@@ -26,6 +27,14 @@ from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_sample
 from ._jit import compiled_method
 from ._random import below
+from ._sharding import (
+    local_rows,
+    row_shards,
+    sharded_empty,
+    sharded_sample,
+    sharded_write,
+    Shards,
+)
 from ._sum_tree import SumTree
 from ._windows import Drawn, Grid, item_windows, update_items
 
@@ -111,6 +120,7 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
     donate_state: bool = eqx.field(static=True)
     episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
     boundary: Boundary = eqx.field(static=True)
+    sharding: NamedSharding | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -124,6 +134,7 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
         donate_state: bool = True,
         episode_end: Callable[[PyTree], Any] | None = None,
         boundary: Boundary = "ignore",
+        sharding: NamedSharding | None = None,
     ):
         """**Arguments:**
 
@@ -178,6 +189,21 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
                 self.min_length_time_axis,
             )
             check_items(self.add_batch_size, self.max_length_time_axis, self.period, handles=False)
+        self.sharding = sharding
+        shards = self._shards
+        if shards is not None and self.boundary == "strict":
+            raise ValueError(
+                "`TrajectoryBuffer`: `boundary='strict'` cannot be combined with `sharding` "
+                "(its windows are counted over all rows); use `boundary='mask'`"
+            )
+
+    @property
+    def _shards(self) -> Shards | None:
+        return row_shards(self)
+
+    def _local(self) -> "TrajectoryBuffer":
+        """The buffer each device runs on its own rows (see `_sharding`)."""
+        return local_rows(self)
 
     def init(self, experience: PyTree) -> TrajectoryBufferState:
         """Creates an empty state.
@@ -195,6 +221,9 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
     def _init(self, where: str, experience: PyTree) -> TrajectoryBufferState:
         check_example(where, experience)
         check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
+        shards = self._shards
+        if shards is not None:
+            return sharded_empty(shards, self._local(), experience)
         return self._empty(experience)
 
     def _empty(self, experience: PyTree) -> TrajectoryBufferState:
@@ -247,6 +276,9 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
         self, where: str, state: TrajectoryBufferState, batch: PyTree[Shaped[Array, "..."]]
     ) -> TrajectoryBufferState:
         """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
+        shards = self._shards
+        if shards is not None:
+            return sharded_write(shards, self._local(), where, state, batch)
         steps = jtu.tree_leaves(batch)[0].shape[1]
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
@@ -302,6 +334,12 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
         `mask`, `(sample_batch_size, sample_sequence_length)`.
         """
         where = "TrajectoryBuffer.sample"
+        shards = self._shards
+        if shards is not None:
+            self._check_state(where, state)
+            check_key(where, rng_key)
+            local_buffer = self._local()
+            return sharded_sample(shards, local_buffer, where, state, rng_key)
         return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
 
     def _draw(
@@ -349,6 +387,7 @@ def make_trajectory_buffer(
     donate_state: bool = True,
     episode_end: Callable[[PyTree], Any] | None = None,
     boundary: Boundary = "ignore",
+    sharding: NamedSharding | None = None,
 ) -> TrajectoryBuffer:
     """Makes a `TrajectoryBuffer`; the arguments are those of its constructor and of
     Flashbax's `make_trajectory_buffer`."""
@@ -363,4 +402,5 @@ def make_trajectory_buffer(
         donate_state=donate_state,
         episode_end=episode_end,
         boundary=boundary,
+        sharding=sharding,
     )

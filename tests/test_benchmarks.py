@@ -51,3 +51,8 @@ def test_compare_family_tiny():
     table = run("compare_family.py")
     for row in ["i. flat sample 256", "j. prioritised flat set_priorities", "k. mixer", "l. queue"]:
         assert row in table
+
+
+def test_sharding_scaling_tiny():
+    table = run("sharding_scaling.py")
+    assert "| 8 |" in table and "yes" not in table.split("collectives |")[1]

@@ -1,0 +1,147 @@
+"""A replay buffer across several processes (hosts), each storing its own rows.
+
+    python examples/multihost.py                    # launches 2 processes on 127.0.0.1
+    python examples/multihost.py --processes 4      # or more
+
+Each process runs the same program: it joins the others through `jax.distributed` (on CPU
+JAX's gloo collectives), sees the mesh of every process's devices, and adds the rows of its
+own environments with `jax.make_array_from_process_local_data`. The buffer is sharded over
+the mesh's "data" axis, so each device stores its own rows and samples its own windows:
+no experience crosses devices, let alone processes. A learner would then compute its loss
+on its local part of the sample and average gradients (the only collective of the step).
+
+Here the "environment" writes, in every step, the global row number and the step number,
+and each process checks that every window it sampled is `length` consecutive steps of one
+of its own rows.
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+
+DEVICES_PER_PROCESS = 2
+ROWS_PER_DEVICE = 4
+LENGTH = 4
+
+
+def worker(process: int, processes: int, port: int) -> None:
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}", num_processes=processes, process_id=process
+    )
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    import eqx_replay
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    rows = ROWS_PER_DEVICE * jax.device_count()
+    local_rows = ROWS_PER_DEVICE * jax.local_device_count()
+    # This process's rows, in the global numbering (its devices' parts of the "data" axis).
+    first_row = process * local_rows
+    mine = np.arange(first_row, first_row + local_rows)
+
+    buffer = eqx_replay.make_trajectory_buffer(
+        add_batch_size=rows,
+        sample_batch_size=2 * jax.device_count(),
+        sample_sequence_length=LENGTH,
+        period=1,
+        min_length_time_axis=LENGTH,
+        max_length_time_axis=64,
+        sharding=sharding,
+    )
+    example = {"row": jnp.int32(0), "step": jnp.int32(0)}
+    state = buffer.init(example)
+    key = jax.random.key(0)  # the same on every process: each device folds in its index
+    checked = 0
+    for step in range(40):
+        # Each process makes only its own rows, one step each.
+        local = {
+            "row": mine[:, None].astype(np.int32),
+            "step": np.full((local_rows, 1), step, np.int32),
+        }
+        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+        state = buffer.add(state, batch)
+        if not bool(buffer.can_sample(state)):
+            continue
+        key, sample_key = jax.random.split(key)
+        sample = buffer.sample(state, sample_key)
+        for shard_rows, shard_steps in zip(
+            sample.experience["row"].addressable_shards,
+            sample.experience["step"].addressable_shards,
+        ):
+            windows_rows, windows_steps = np.asarray(shard_rows.data), np.asarray(shard_steps.data)
+            assert np.isin(windows_rows, mine).all(), (process, windows_rows)
+            assert (windows_rows == windows_rows[:, :1]).all()
+            assert (np.diff(windows_steps, axis=1) == 1).all()
+            checked += len(windows_rows)
+    print(
+        f"process {process}/{processes}: {jax.local_device_count()} of {jax.device_count()} "
+        f"devices, rows {mine[0]}..{mine[-1]} of {rows}; sampled {checked} windows, "
+        "every one from its own rows",
+        flush=True,
+    )
+    jax.distributed.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(processes: int, timeout: float) -> int:
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(i),
+                "--processes",
+                str(processes),
+                "--port",
+                str(port),
+            ],
+            env=env,
+        )
+        for i in range(processes)
+    ]
+    code = 0
+    try:
+        for child in children:
+            code = code or child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = 124
+        print(f"multihost: timed out after {timeout} s", file=sys.stderr)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    return code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=240.0)
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        worker(args.worker, args.processes, args.port)
+    else:
+        sys.exit(launch(args.processes, args.timeout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""Checks of sharded buffers on 8 fake CPU devices, run in a process of their own by
+`test_sharding.py` (the other tests' process has 2 devices, for the pmap tests).
+
+Run directly, it prints one JSON line: `{check name: null (passed) or the traceback}`.
+"""
+
+import json
+import sys
+import traceback
+from typing import Any
+
+import jax
+
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import eqx_replay  # noqa: E402
+
+
+N = 8
+COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+EXAMPLE = {"obs": jnp.zeros(3), "step": jnp.int32(0)}
+
+
+def meshes() -> dict[str, jax.sharding.Mesh]:
+    return {
+        "explicit": jax.make_mesh((N,), ("data",)),  # JAX 0.10's default: Explicit axes
+        "auto": jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
+    }
+
+
+def rows_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def batch(rows: int, steps: int, i: int) -> dict[str, jax.Array]:
+    """Step `t` of row `r` in add `i` says where it came from: `step = 1000 * (i * steps +
+    t) + r`."""
+    t = jnp.arange(steps)[None, :] + i * steps
+    r = jnp.arange(rows)[:, None]
+    step = (1000 * t + r).astype(jnp.int32)
+    return {
+        "obs": jnp.broadcast_to(step[..., None], (rows, steps, 3)).astype(jnp.float32),
+        "step": step,
+    }
+
+
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        x.shape == y.shape and bool(np.array_equal(np.asarray(x), np.asarray(y)))
+        for x, y in zip(la, lb)
+    )
+
+
+def collectives(lowered) -> list[str]:
+    text = lowered.compile().as_text()
+    return [name for name in COLLECTIVES if name in text]
+
+
+TRAJECTORY: dict[str, Any] = dict(
+    add_batch_size=16,
+    sample_batch_size=32,
+    sample_sequence_length=4,
+    period=2,
+    min_length_time_axis=4,
+    max_length_time_axis=20,
+)
+
+
+def check_trajectory_states_equal_unsharded_and_stay_sharded():
+    for name, mesh in meshes().items():
+        sharding = rows_sharding(mesh)
+        ours = eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=sharding)
+        plain = eqx_replay.make_trajectory_buffer(**TRAJECTORY)
+        state, reference = ours.init(EXAMPLE), plain.init(EXAMPLE)
+        for i, steps in enumerate([3, 1, 7, 5, 9, 2, 6]):
+            added = batch(16, steps, i)
+            state, reference = ours.add(state, added), plain.add(reference, added)
+            assert leaves_equal(state, reference), (name, i)
+            spec = state.experience["obs"].sharding.spec
+            assert spec[0] == "data", (name, spec)
+            assert state.current_index.sharding.is_fully_replicated, name
+            assert bool(ours.can_sample(state)) == bool(plain.can_sample(reference))
+
+
+def check_flat_and_queue_states_equal_unsharded():
+    mesh = meshes()["explicit"]
+    sharding = rows_sharding(mesh)
+    flat: dict[str, Any] = dict(
+        max_length=160, min_length=16, sample_batch_size=32, add_batch_size=16
+    )
+    ours = eqx_replay.make_flat_buffer(**flat, sharding=sharding)
+    plain = eqx_replay.make_flat_buffer(**flat)
+    state, reference = ours.init(EXAMPLE), plain.init(EXAMPLE)
+    for i in range(13):
+        added = jax.tree.map(lambda x: x[:, 0], batch(16, 1, i))
+        state, reference = ours.add(state, added), plain.add(reference, added)
+        assert leaves_equal(state, reference), i
+    queue: dict[str, Any] = dict(
+        max_length_time_axis=12, add_batch_size=16, add_sequence_length=4, sample_sequence_length=3
+    )
+    ours_q = eqx_replay.make_trajectory_queue(**queue, sharding=sharding)
+    plain_q = eqx_replay.make_trajectory_queue(**queue)
+    state, reference = ours_q.init(EXAMPLE), plain_q.init(EXAMPLE)
+    for i in range(6):
+        added = batch(16, 4, i)
+        state, reference = ours_q.add(state, added), plain_q.add(reference, added)
+        assert leaves_equal(state, reference), ("queue add", i)
+        assert bool(ours_q.can_add(state)) == bool(plain_q.can_add(reference))
+        assert bool(ours_q.can_sample(state)) == bool(plain_q.can_sample(reference))
+        (state, got), (reference, want) = ours_q.sample(state), plain_q.sample(reference)
+        assert leaves_equal(state, reference), ("queue sample", i)
+        assert leaves_equal(got, want), ("queue sample", i)
+        assert got.experience["obs"].sharding.spec[0] == "data"
+
+
+def prioritised(mesh, **changes):
+    config: dict[str, Any] = dict(TRAJECTORY, **changes)
+    return eqx_replay.make_prioritised_trajectory_buffer(**config, sharding=rows_sharding(mesh))
+
+
+def filled(buffer: Any, adds: int = 12, steps: int = 3) -> Any:
+    state = buffer.init(EXAMPLE)
+    for i in range(adds):
+        state = buffer.add(state, batch(buffer.add_batch_size, steps, i))
+    return state
+
+
+def check_no_collectives_in_add_sample_set_priorities():
+    key = jr.PRNGKey(0)
+    for name, mesh in meshes().items():
+        sharding = rows_sharding(mesh)
+        kinds = {
+            "trajectory": eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=sharding),
+            "prioritised": prioritised(mesh),
+            "flat": eqx_replay.make_flat_buffer(160, 16, 32, add_batch_size=16, sharding=sharding),
+            "prioritised flat": eqx_replay.make_prioritised_flat_buffer(
+                160, 16, 32, add_batch_size=16, sharding=sharding
+            ),
+        }
+        for kind, buffer in kinds.items():
+            state = buffer.init(EXAMPLE)
+            added = batch(16, 3, 0)
+            if "flat" in kind:
+                added = jax.tree.map(lambda x: x[:, 0], added)
+            found = {
+                "add": collectives(buffer.add.lower(state, added)),
+                "sample": collectives(buffer.sample.lower(state, key)),
+            }
+            if "prioritised" in kind:
+                indices = jax.device_put(jnp.zeros(32, jnp.int32), sharding)
+                priorities = jax.device_put(jnp.ones(32), sharding)
+                found["set_priorities"] = collectives(
+                    buffer.set_priorities.lower(state, indices, priorities)
+                )
+            assert not any(found.values()), (name, kind, found)
+        queue = eqx_replay.make_trajectory_queue(12, 16, 4, 3, sharding=sharding)
+        state = queue.init(EXAMPLE)
+        assert not collectives(queue.add.lower(state, batch(16, 4, 0))), (name, "queue add")
+        assert not collectives(queue.sample.lower(state)), (name, "queue sample")
+
+
+def check_each_device_samples_only_its_rows():
+    for name, mesh in meshes().items():
+        sharding = rows_sharding(mesh)
+        buffers: list[Any] = [
+            eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=sharding),
+            prioritised(mesh),
+        ]
+        for buffer in buffers:
+            state = filled(buffer)
+            sample = buffer.sample(state, jr.PRNGKey(3))
+            steps = sample.experience["step"]
+            assert steps.sharding.spec[0] == "data"
+            for shard in steps.addressable_shards:
+                device = mesh.devices.tolist().index(shard.device)
+                rows = np.asarray(shard.data) % 1000
+                assert set(rows.ravel()) <= set(range(2 * device, 2 * device + 2)), (
+                    name,
+                    device,
+                    rows,
+                )
+            # Windows are consecutive steps of one row, never across the write head.
+            values = np.asarray(steps)
+            assert (np.diff(values // 1000, axis=1) == 1).all() and (
+                np.diff(values % 1000, axis=1) == 0
+            ).all()
+
+
+def chi_square_p(observed: np.ndarray, expected: np.ndarray) -> float:
+    from math import erfc, sqrt
+
+    statistic = float(((observed - expected) ** 2 / expected).sum())
+    dof = len(observed) - 1
+    # Wilson-Hilferty normal approximation of the chi-square tail.
+    z = ((statistic / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / sqrt(2 / (9 * dof))
+    return 0.5 * erfc(z / sqrt(2))
+
+
+def check_uniform_over_all_windows():
+    mesh = meshes()["explicit"]
+    buffer = eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=rows_sharding(mesh))
+    state = filled(buffer, adds=9)  # 27 steps on a ring of 20: full, head at 7
+    draw = jax.jit(
+        lambda keys: jax.vmap(lambda k: buffer.sample(state, k).experience["step"][:, 0])(keys)
+    )
+    first = np.asarray(draw(jr.split(jr.PRNGKey(5), 400))).ravel()
+    windows, counts = np.unique(first, return_counts=True)
+    # 16 rows x 9 starts (period 2 over the 20 stored steps, length 4): every one drawn.
+    assert len(windows) == 16 * 9, len(windows)
+    expected = np.full(len(counts), first.size / len(counts))
+    assert chi_square_p(counts, expected) > 1e-3, counts
+
+
+def check_prioritised_frequencies_match_reported_probabilities():
+    mesh = meshes()["explicit"]
+    buffer = prioritised(mesh)
+    state = filled(buffer)
+    sample = buffer.sample(state, jr.PRNGKey(1))
+    # Unequal priorities, differently spread on every device.
+    state = buffer.set_priorities(state, sample.indices, jnp.arange(1.0, 33.0) ** 2)
+    draw = (
+        jax.jit(jax.vmap(lambda k: buffer.sample(state, k), in_axes=(None, 0))) if False else None
+    )
+    del draw
+    keys = jr.split(jr.PRNGKey(2), 300)
+    counts: dict[int, int] = {}
+    reported: dict[int, float] = {}
+    total = 0
+    for key in keys:
+        got = buffer.sample(state, key)
+        for index, probability in zip(np.asarray(got.indices), np.asarray(got.probabilities)):
+            counts[int(index)] = counts.get(int(index), 0) + 1
+            previous = reported.setdefault(int(index), float(probability))
+            assert abs(previous - probability) <= 1e-6 * previous
+            total += 1
+    # Each draw of the sample lands on item i with the reported probability (its device's
+    # share times its probability within the device): frequencies over all draws match.
+    probabilities = np.array([reported[i] for i in counts])
+    observed = np.array([counts[i] for i in counts])
+    assert abs(probabilities.sum() - 1) < 1e-3 * 50, probabilities.sum()
+    assert chi_square_p(observed, probabilities * total / probabilities.sum()) > 1e-3
+
+
+def check_set_priorities_routes_handles_and_ignores_foreign_ones():
+    mesh = meshes()["explicit"]
+    buffer = prioritised(mesh)
+    state = filled(buffer)
+    sample = buffer.sample(state, jr.PRNGKey(7))
+    before = np.asarray(state.priorities.nodes)
+    # Swapping the halves sends every handle to a device that did not draw it: ignored.
+    indices = np.asarray(sample.indices)
+    swapped = np.concatenate([indices[16:], indices[:16]])
+    state = buffer.set_priorities(state, swapped, np.full(32, 5.0, np.float32))
+    assert np.array_equal(np.asarray(state.priorities.nodes), before)
+    # In the sample's order (here through NumPy, unplaced), each reaches its device.
+    state = buffer.set_priorities(state, np.asarray(sample.indices), np.full(32, 5.0, np.float32))
+    assert np.allclose(np.asarray(state.max_priority), 5.0**0.6)
+    # And in place: the sample's own (sharded) indices.
+    state = buffer.set_priorities(state, sample.indices, jnp.full(32, 7.0))
+    assert np.allclose(np.asarray(state.max_priority), 7.0**0.6)
+
+
+def check_bad_configurations_are_refused_with_clear_errors():
+    mesh = meshes()["explicit"]
+    sharding = rows_sharding(mesh)
+    cases: list[tuple[dict[str, Any], Any, type[Exception], str]] = [
+        (
+            dict(TRAJECTORY, add_batch_size=12),
+            sharding,
+            ValueError,
+            "`add_batch_size` must divide evenly over the 8 devices",
+        ),
+        (
+            dict(TRAJECTORY, sample_batch_size=20),
+            sharding,
+            ValueError,
+            "`sample_batch_size` must divide evenly",
+        ),
+        (TRAJECTORY, NamedSharding(mesh, P()), ValueError, "spec must name the mesh axis"),
+        (
+            TRAJECTORY,
+            NamedSharding(mesh, P(None, "data")),
+            ValueError,
+            "spec must name the mesh axis",
+        ),
+        (TRAJECTORY, "data", TypeError, "`sharding` must be a `jax.sharding.NamedSharding`"),
+    ]
+    for config, given, error, message in cases:
+        try:
+            eqx_replay.make_trajectory_buffer(**config, sharding=given)
+        except error as caught:
+            assert message in str(caught), (message, str(caught))
+        else:
+            raise AssertionError(f"no error for {config}, {given}")
+    for make, kwargs, message in [
+        (
+            eqx_replay.make_trajectory_buffer,
+            dict(TRAJECTORY, boundary="strict", episode_end=lambda s: s["step"] < 0),
+            "`boundary='strict'` cannot be combined",
+        ),
+        (
+            eqx_replay.make_flat_buffer,
+            dict(max_length=160, min_length=16, sample_batch_size=32),
+            "`add_batch_size` must be an int divisible",
+        ),
+    ]:
+        try:
+            make(**kwargs, sharding=sharding)
+        except ValueError as caught:
+            assert message in str(caught), (message, str(caught))
+        else:
+            raise AssertionError(f"no error for {make.__name__}")
+    flat = eqx_replay.make_flat_buffer(160, 16, 32, add_batch_size=16, sharding=sharding)
+    try:
+        eqx_replay.make_mixer([flat, flat], 32, [1, 1])
+    except ValueError as caught:
+        assert "`buffers[0]` is sharded, which a mixer does not support" in str(caught)
+    else:
+        raise AssertionError("no error for a mixer of sharded buffers")
+
+
+def check_a_batch_placed_otherwise_is_resharded_or_refused_clearly():
+    for name, mesh in meshes().items():
+        buffer = eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=rows_sharding(mesh))
+        state = buffer.init(EXAMPLE)
+        uncommitted = batch(16, 3, 0)
+        replicated = jax.device_put(batch(16, 3, 1), NamedSharding(mesh, P()))
+        state = buffer.add(state, uncommitted)
+        state = buffer.add(state, replicated)
+        assert state.experience["obs"].sharding.spec[0] == "data", name
+        assert int(state.current_index) == 6
+        on_one_device = jax.device_put(batch(16, 3, 2), jax.devices()[3])
+        try:
+            buffer.add(state, on_one_device)
+        except ValueError as caught:
+            assert "`TrajectoryBuffer.add`: the arguments are committed to different" in str(caught)
+        else:
+            raise AssertionError("no error for a batch committed to one device")
+        assert int(state.current_index) == 6  # the state was not consumed
+
+
+def check_add_updates_each_device_rows_in_place():
+    mesh = meshes()["explicit"]
+    for buffer in [
+        eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=rows_sharding(mesh)),
+        prioritised(mesh),
+    ]:
+        state = buffer.init(EXAMPLE)
+        added = batch(16, 1, 0)
+        text = buffer.add.lower(state, added).compile().as_text()
+        assert "input_output_alias" in text
+        # No copy of a device's rows (2 rows x 20 steps of f32[3] here).
+        assert not [line for line in text.splitlines() if " copy(" in line and "[2,20,3]" in line]
+        before = state.experience["obs"]
+        state = buffer.add(state, added)
+        assert before.is_deleted()  # donated: updated in place
+
+
+CHECKS = {name: fn for name, fn in globals().items() if name.startswith("check_")}
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(CHECKS)
+    results: dict[str, str | None] = {}
+    for name in names:
+        try:
+            CHECKS[name]()
+            results[name] = None
+        except Exception:
+            results[name] = traceback.format_exc()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
