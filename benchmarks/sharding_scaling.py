@@ -24,7 +24,9 @@ import time
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 
 
-def measure(devices: int, rows: int, time_axis: int, calls: int) -> dict[str, float | int | bool]:
+def measure(
+    devices: int, rows: int, time_axis: int, calls: int, sharded: bool = True
+) -> dict[str, float | int | bool]:
     import jax
 
     jax.config.update("jax_num_cpu_devices", devices)
@@ -42,14 +44,13 @@ def measure(devices: int, rows: int, time_axis: int, calls: int) -> dict[str, fl
         period=1,
         min_length_time_axis=8,
         max_length_time_axis=time_axis,
-        sharding=NamedSharding(mesh, P("data")),
+        sharding=NamedSharding(mesh, P("data")) if sharded else None,
     )
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0)}
     state = buffer.init(example)
-    batch = jax.device_put(
-        {"obs": jnp.ones((rows * devices, 1, 64)), "reward": jnp.ones((rows * devices, 1))},
-        NamedSharding(mesh, P("data")),
-    )
+    batch = {"obs": jnp.ones((rows * devices, 1, 64)), "reward": jnp.ones((rows * devices, 1))}
+    if sharded:
+        batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
     for _ in range(time_axis + 3):  # full, so that sampling reads the whole ring
         state = buffer.add(state, batch)
     key = jr.PRNGKey(0)
@@ -97,24 +98,36 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--unsharded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiny:
         args.rows, args.time, args.calls = 2, 32, 5
     if args.worker is not None:
-        print(json.dumps(measure(args.worker, args.rows, args.time, args.calls)))
+        result = measure(args.worker, args.rows, args.time, args.calls, not args.unsharded)
+        print(json.dumps(result))
         return
     results = {}
-    for devices in (1, 2, 4, 8):
-        command = [sys.executable, __file__, "--worker", str(devices)]
+    for devices in ("unsharded", 1, 2, 4, 8):
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "1" if devices == "unsharded" else str(devices),
+        ]
         command += ["--rows", str(args.rows), "--time", str(args.time), "--calls", str(args.calls)]
+        command += ["--unsharded"] if devices == "unsharded" else []
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             sys.exit(f"{devices} devices failed:\n{done.stderr}")
         results[devices] = json.loads(done.stdout.strip().splitlines()[-1])
-    one = results[1]
+    one = results[1]  # the sharded buffer on one device
+
     lines = [
         f"Weak scaling: {args.rows} rows x {args.time} steps of f32[64] per device; add of 1 "
         "step to every row; sample of 32 windows of 8 steps per device.",
+        "",
+        "Ratios are against the sharded buffer on 1 device; the first row is the same buffer "
+        "without `sharding`.",
         "",
         "| devices | add | vs 1 | sample | vs 1 | HLO add / sample (chars) | collectives |",
         "|---:|---:|---:|---:|---:|---:|---|",

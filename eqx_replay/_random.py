@@ -8,6 +8,8 @@ for large programs). Drawing a window and a row that way cost ~30 us of fixed ov
 - `bits` returns exactly `jax.random.bits(key, shape, jnp.uint32)` for Threefry keys (the
   default), but computes the hash straight-line, which XLA fuses into one loop: ~10 us
   instead of ~30 us for a few hundred draws. Other key kinds go to `jax.random.bits`.
+- `fold_in` returns exactly `jax.random.fold_in(key, data)` for Threefry keys, the same
+  way (a sharded buffer's devices fold their index into the key).
 - `below` makes every index of a call from one `bits` draw, exactly: the index below `n` is
   `floor(u * n)` for a uniform 64-bit fraction `u`, computed in 32-bit integer arithmetic
   (JAX without `jax_enable_x64` has no 64-bit integers), so no index is more likely than
@@ -64,6 +66,20 @@ def bits(key: PRNGKeyArray, shape: tuple[int, ...]) -> UInt32[Array, "*shape"]:
     low = jnp.arange(size, dtype=jnp.uint32)
     high, low = _threefry2x32(words, jnp.zeros_like(low), low)
     return (high ^ low).reshape(shape)
+
+
+def fold_in(key: PRNGKeyArray, data: Int[ArrayLike, ""]) -> PRNGKeyArray:
+    """Exactly `jax.random.fold_in(key, data)` for a non-negative int32 `data`, computed
+    without a loop for Threefry keys."""
+    words = _threefry_key(key)
+    if words is None:
+        return jr.fold_in(key, data)
+    # JAX hashes the counter pair (0, data) under the key: the two words are the new key.
+    high, low = _threefry2x32(words, jnp.uint32(0), jnp.asarray(data).astype(jnp.uint32))
+    new = jnp.stack([high, low])
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jr.wrap_key_data(new, impl=jr.key_impl(key))
+    return new
 
 
 def uniform(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*shape"]:

@@ -26,10 +26,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PyTree
+
+from ._random import fold_in
 
 
 class Shards(NamedTuple):
@@ -246,8 +247,9 @@ def run(
 
 
 def device_key(shards: Shards, key: Any) -> Any:
-    """Inside `run`: this device's key, `fold_in(key, device index along the axis)`."""
-    return jr.fold_in(key, lax.axis_index(shards.axis))
+    """Inside `run`: this device's key, `jax.random.fold_in(key, device index along the
+    axis)` (computed without JAX's loop, `_random.fold_in`)."""
+    return fold_in(key, lax.axis_index(shards.axis))
 
 
 def sharded_empty(shards: Shards, local_buffer: Any, experience: PyTree) -> Any:

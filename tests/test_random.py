@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 
-from eqx_replay._random import below, bits, scale, uniform
+from eqx_replay._random import below, bits, fold_in, scale, uniform
 
 
 words = st.integers(0, 2**32 - 1)
@@ -64,4 +64,18 @@ def test_bits_under_vmap():
 
 def test_bits_has_no_loop():
     hlo = jax.jit(lambda k: bits(k, (2, 2, 256))).lower(jax.random.key(0)).compile().as_text()
+    assert hlo is not None and " while(" not in hlo
+
+
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS.keys())
+@pytest.mark.parametrize("data", [0, 1, 7, 1000, 2**31 - 1])
+def test_fold_in_is_jax_random_fold_in(key, data):
+    ours, theirs = jax.jit(fold_in)(key, jnp.int32(data)), jax.random.fold_in(key, data)
+    if jnp.issubdtype(ours.dtype, jax.dtypes.prng_key):
+        ours, theirs = jax.random.key_data(ours), jax.random.key_data(theirs)
+    assert np.array_equal(ours, theirs)
+
+
+def test_fold_in_has_no_loop():
+    hlo = jax.jit(fold_in).lower(jax.random.key(0), jnp.int32(3)).compile().as_text()
     assert hlo is not None and " while(" not in hlo
