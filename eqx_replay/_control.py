@@ -1,8 +1,13 @@
-"""Control flow that updates its operand in place.
+"""Control flow that updates its operand in place, and the choice of it by platform.
 
 XLA on CPU copies the operand of a `lax.cond` into each branch's buffer, so a `cond` over a
 buffer's storage (or over a sample) costs a copy of it on every call, taken branch or not.
 A `lax.while_loop` updates its carry in place; the helpers here are built on it.
+
+On an accelerator the trade is the other way round: each test of a loop's predicate reads it
+back to the host, a device-to-host synchronisation per iteration, while masked writes and
+selects cost little. `by_platform` picks a loop for the CPU and a branch-free form
+elsewhere, when the program is lowered: no branch is left in the compiled program.
 """
 
 from collections.abc import Callable
@@ -32,3 +37,9 @@ def for_each_true(flags: Bool[Array, " n"], body: Callable[[Array, _T], _T], x: 
         return pending & (positions != i), body(i, x)
 
     return lax.while_loop(lambda c: jnp.any(c[0]), step, (flags, x))[1]
+
+
+def by_platform(cpu: Callable[..., _T], other: Callable[..., _T], *args: object) -> _T:
+    """`cpu(*args)` in a program compiled for the CPU, `other(*args)` in one compiled for
+    an accelerator (chosen when lowering, `lax.platform_dependent`)."""
+    return lax.platform_dependent(*args, cpu=cpu, default=other)

@@ -6,8 +6,10 @@ leaf is NaN (floating and complex dtypes), the dtype's largest value (integers) 
 NaN at once. We do not raise with `eqx.error_if`: on CPU a program that contains its host
 callback runs several times slower even when the callback is never called (measured in
 `benchmarks/sample_guard_cost.py`), and that would slow every training step that samples.
-The poison is written by a loop that runs only when the buffer cannot be sampled, so a call
-that can sample pays a predicate test (within run-to-run noise of no guard at all).
+On the CPU the poison is written by a loop that runs only when the buffer cannot be sampled,
+so a call that can sample pays a predicate test (within run-to-run noise of no guard at
+all); on an accelerator, where a loop's predicate costs a synchronisation with the host, it
+is a select fused into the sample's own writes.
 """
 
 from typing import Any
@@ -18,7 +20,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Bool, PyTree, Shaped
 
-from ._control import run_if
+from ._control import by_platform, run_if
 
 
 def poison(dtype: np.dtype) -> Array:
@@ -35,10 +37,21 @@ def poison(dtype: np.dtype) -> Array:
 def poison_unless(
     ok: Bool[Array, ""], x: PyTree[Shaped[Array, "..."]]
 ) -> PyTree[Shaped[Array, "..."]]:
-    """`x` where `ok`, otherwise every leaf of `x` filled with poison."""
+    """`x` where `ok`, otherwise every leaf of `x` filled with poison: on the CPU by a loop
+    that runs only when `ok` is false, elsewhere by a select (see `_control.by_platform`)."""
+    return by_platform(poison_looped, poison_selected, ok, x)
+
+
+def poison_looped(ok: Bool[Array, ""], x: PyTree[Shaped[Array, "..."]]) -> PyTree[Array]:
+    """`poison_unless` as a loop that runs only when `ok` is false (the CPU's)."""
     return run_if(
         ~ok, lambda x: jtu.tree_map(lambda leaf: jnp.full_like(leaf, poison(leaf.dtype)), x), x
     )
+
+
+def poison_selected(ok: Bool[Array, ""], x: PyTree[Shaped[Array, "..."]]) -> PyTree[Array]:
+    """`poison_unless` as a select (an accelerator's)."""
+    return jtu.tree_map(lambda leaf: jnp.where(ok, leaf, poison(leaf.dtype)), x)
 
 
 def poison_sample(ok: Bool[Array, ""], sample: Any) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 from jaxtyping import Array, ArrayLike, Bool, Int, PyTree, Shaped
 
-from ._control import for_each_true, run_if
+from ._control import by_platform, for_each_true, run_if
 
 
 def rem(x: Int[Array, "*shape"], n: int) -> Int[Array, "*shape"]:
@@ -188,6 +188,11 @@ def write(
 
 @custom_vmap
 def _write_steps(storage: Array, steps: Array, current_index: Array) -> Array:
+    # One slice write, or the masked pair when the write wraps, each in a loop that runs
+    # only when needed, on every platform. (The masked pair for every write, branch-free,
+    # was tried for accelerators: on an H200 one test of `tests/test_queue.py` then found
+    # a state unlike Flashbax's, while the same choice is exact on the CPU. Not yet
+    # understood, so writes keep this path everywhere.)
     capacity, num_steps = storage.shape[1], steps.shape[1]
     wraps = current_index + num_steps > capacity
     storage = run_if(
@@ -258,12 +263,42 @@ def read(
     """Reads, for each sample `i` and every leaf, the `length` consecutive steps of row
     `rows[i]` from time `starts[i]`, wrapping around the ring. Requires `length <= capacity`.
 
-    Each window is read as one contiguous slice (a gather of `(1, length, ...)` blocks),
-    which XLA runs about a third faster than a gather of single steps. A block cannot wrap:
-    the gather clamps a start past `capacity - length` back to it, so the few windows
-    that wrap (about `samples * (length - 1) / capacity` per call) are read again step by
-    step, one loop iteration each, written over the sample in place.
+    On the CPU each window is read as one contiguous slice (a gather of `(1, length, ...)`
+    blocks), which XLA runs about a third faster than a gather of single steps. A block
+    cannot wrap: the gather clamps a start past `capacity - length` back to it, so the few
+    windows that wrap (about `samples * (length - 1) / capacity` per call) are read again
+    step by step, one loop iteration each, written over the sample in place. On an
+    accelerator, where each test of a loop's predicate synchronises with the host, every
+    step is gathered at its own wrapped time instead, with no loop (`_control.by_platform`).
     """
+    return by_platform(
+        lambda store, r, t: _read_blocks(store, r, t, length),
+        lambda store, r, t: _read_steps(store, r, t, length),
+        storage,
+        rows,
+        starts,
+    )
+
+
+def _read_steps(
+    storage: PyTree[Shaped[Array, "rows capacity ..."]],
+    rows: Int[Array, " samples"],
+    starts: Int[Array, " samples"],
+    length: int,
+) -> PyTree[Shaped[Array, "samples {length} ..."]]:
+    """`read` as a gather of single steps, each at its wrapped time."""
+    capacity = jtu.tree_leaves(storage)[0].shape[1]
+    times = rem(starts[:, None] + jnp.arange(length, dtype=starts.dtype), capacity)
+    return jtu.tree_map(lambda store: store[rows[:, None], times], storage)
+
+
+def _read_blocks(
+    storage: PyTree[Shaped[Array, "rows capacity ..."]],
+    rows: Int[Array, " samples"],
+    starts: Int[Array, " samples"],
+    length: int,
+) -> PyTree[Shaped[Array, "samples {length} ..."]]:
+    """`read` as a gather of blocks, the wrapping windows read again in a loop."""
     capacity = jtu.tree_leaves(storage)[0].shape[1]
     # One (row, start) pair per sample, shared by the gathers of every leaf.
     where = jnp.stack([rows, starts], axis=1)

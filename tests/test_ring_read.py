@@ -66,3 +66,32 @@ def test_ends_inside_matches_a_scan_of_each_window(columns, period, length):
         times = (starts[:, None] + np.arange(length - 1)) % CAPACITY
         expected = np.asarray(ends)[:, times].any(axis=-1)
         np.testing.assert_array_equal(got, expected)
+
+
+# What accelerators compile (`_control.by_platform` picks it when lowering for GPU or TPU)
+# must agree with what the CPU compiles: checked here, on the CPU, branch against branch.
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 10])
+def test_the_accelerator_read_matches_the_cpu_read(length):
+    storage = {
+        "x": jnp.arange(3 * 10 * 2, dtype=jnp.float32).reshape(3, 10, 2),
+        "done": jnp.arange(30).reshape(3, 10) % 3 == 0,
+    }
+    rows = jnp.repeat(jnp.arange(3), 10)
+    starts = jnp.tile(jnp.arange(10), 3)
+    cpu = jax.jit(lambda s, r, t: _ring._read_blocks(s, r, t, length))(storage, rows, starts)
+    other = jax.jit(lambda s, r, t: _ring._read_steps(s, r, t, length))(storage, rows, starts)
+    for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(other)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_the_accelerator_poison_matches_the_cpu_poison(ok):
+    from eqx_replay import _guard
+
+    x = {"f": jnp.ones((4, 3)), "i": jnp.arange(4), "b": jnp.zeros(4, bool)}
+    looped = jax.jit(_guard.poison_looped)(jnp.array(ok), x)
+    selected = jax.jit(_guard.poison_selected)(jnp.array(ok), x)
+    for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(selected)):
+        assert np.array_equal(a, b, equal_nan=True)
