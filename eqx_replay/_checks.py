@@ -176,12 +176,40 @@ def check_key(where: str, key: Any) -> None:
     )
 
 
+def explicit_axes(x: Any) -> tuple[str, ...]:
+    """The mesh axes that `x`'s type says it is split over (Explicit mesh axes only: JAX
+    does not track Auto axes in types)."""
+    try:
+        spec = jax.typeof(x).sharding.spec
+    except Exception:
+        return ()
+    axes: list[str] = []
+    for entry in spec:
+        if entry is not None:
+            axes.extend([entry] if isinstance(entry, str) else list(entry))
+    return tuple(axes)
+
+
+def check_unsplit(where: str, what: str, tree: PyTree) -> None:
+    """An unsharded buffer's arrays must not be split over mesh axes."""
+    for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+        axes = explicit_axes(leaf)
+        if axes:
+            raise ValueError(
+                f"`{where}`: {what} leaf {_path(path)} is split over the mesh axes {axes}, "
+                "but this buffer has no `sharding`: make the buffer with the `sharding` "
+                "that placed it, or pass arrays that are not split (e.g. replicated)"
+            )
+
+
 def check_state(
     where: str,
     state: Any,
     state_type: type,
     storage_prefix: tuple[int, int],
     empty: Callable[[PyTree], Any],
+    *,
+    sharded: bool = False,
 ) -> None:
     """A state must be what this buffer's `init` makes: of exactly the buffer's state type,
     with storage leaves `(rows, capacity, ...)`, and every other field of the same tree
@@ -207,6 +235,8 @@ def check_state(
             )
         example.append(jax.ShapeDtypeStruct(shape[2:], leaf.dtype))
     example = jtu.tree_unflatten(jtu.tree_structure(state.experience), example)
+    if not sharded:
+        check_unsplit(where, "the state's experience", state.experience)
     expected = jax.eval_shape(
         lambda: empty(jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), example))
     )

@@ -107,8 +107,12 @@ def _any_weak(tree: Any) -> bool:
 
 
 def _deleted(state: Any) -> bool:
-    """Whether some array of `state` has been deleted (tracers have no `is_deleted`)."""
-    return any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jtu.tree_leaves(state))
+    """Whether some array of `state` has been deleted (a tracer, inside the user's own
+    `jit`, never has been: asking it would raise)."""
+    return any(
+        not isinstance(leaf, Tracer) and getattr(leaf, "is_deleted", lambda: False)()
+        for leaf in jtu.tree_leaves(state)
+    )
 
 
 def _donated_error(where: str) -> ValueError:
@@ -121,13 +125,32 @@ def _donated_error(where: str) -> ValueError:
     )
 
 
-def _devices_error(where: str, error: Exception) -> ValueError:
+def _devices_error(where: str, names: tuple[str, ...], args: tuple, error: Exception) -> ValueError:
+    """The arguments committed to devices other than the first argument's (the state's)."""
+    leaves = jtu.tree_flatten_with_path(args)[0]
+    devices = [
+        (path, leaf.sharding.device_set)
+        for path, leaf in leaves
+        if isinstance(leaf, jax.Array) and getattr(leaf, "committed", True)
+    ]
+    first = devices[0][1] if devices else None
+    elsewhere = [
+        (
+            names[path[0].idx]
+            if path and hasattr(path[0], "idx") and path[0].idx < len(names)
+            else "argument"
+        )
+        + jtu.keystr(path[1:])
+        for path, found in devices
+        if found != first
+    ]
     return ValueError(
-        f"`{where}`: the arguments are committed to different devices, so JAX cannot run "
-        "the call. Put each argument on the state's devices: for a sharded buffer, a batch "
-        "placed with `NamedSharding(mesh, PartitionSpec(axis))`, replicated on the mesh, "
-        "or uncommitted (made by `jnp`, not `jax.device_put` to one device). JAX says: "
-        + str(error).splitlines()[0]
+        f"`{where}`: {', '.join(elsewhere) or 'an argument'} "
+        f"{'are' if len(elsewhere) > 1 else 'is'} committed to other devices than the state "
+        f"({len(first or ())} device(s)), so JAX cannot run the call. Put it "
+        "on the state's devices: for a sharded buffer, placed with `NamedSharding(mesh, "
+        "PartitionSpec(axis))` or replicated on the mesh; or leave it uncommitted (made by "
+        "`jnp`, not `jax.device_put` to one device). JAX says: " + str(error).splitlines()[0]
     )
 
 
@@ -174,6 +197,12 @@ class CompiledMethod(Generic[_B, _P, _R]):
         traced.__signature__ = inspect.signature(ft.partial(self._fn, buffer))  # pyright: ignore[reportFunctionMemberAccess] # read by `inspect.signature`
         jitted = jax.jit(traced, donate_argnums=0 if donate else ())
 
+        names = tuple(traced.__signature__.parameters)
+        # A donated array of several devices crashes the process when passed again (JAX
+        # 0.10, CPU) instead of raising: a sharded buffer checks before calling (a few
+        # microseconds per call; an unsharded one finds out from JAX's error, at no cost).
+        check_donated = donate and getattr(buffer, "sharding", None) is not None
+
         # Set once a call with concrete weakly typed arguments has been seen: from then on
         # the arguments are made strongly typed before every call, instead of letting each
         # such call start a trace that stops (~1 ms).
@@ -181,6 +210,8 @@ class CompiledMethod(Generic[_B, _P, _R]):
 
         def call(*args: Any, **kwargs: Any) -> Any:
             nonlocal convert
+            if check_donated and _deleted((args[:1], kwargs.get("state"))):
+                raise _donated_error(where)
             if convert and _any_weak((args, kwargs)):
                 args, kwargs = _strongly_typed((args, kwargs))
             try:
@@ -195,7 +226,7 @@ class CompiledMethod(Generic[_B, _P, _R]):
                 if _deleted((args[:1], kwargs.get("state"), kwargs.get("states"))):
                     raise _donated_error(where) from error
                 if "incompatible devices" in str(error):
-                    raise _devices_error(where, error) from error
+                    raise _devices_error(where, names, args, error) from error
                 raise
 
         def stage(name: str) -> Callable[..., Any]:

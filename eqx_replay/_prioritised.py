@@ -21,6 +21,7 @@ from ._checks import (
     check_key,
     check_priorities,
     check_state,
+    check_unsplit,
 )
 from ._config import Boundary, donate_flag, episode_config, prioritised_config
 from ._data import Data
@@ -245,6 +246,7 @@ class PrioritisedTrajectoryBuffer(
             PrioritisedTrajectoryBufferState,
             (self.add_batch_size, self.max_length_time_axis),
             self._global_empty,
+            sharded=self.sharding is not None,
         )
 
     @compiled_method(donates_state=True)
@@ -273,6 +275,7 @@ class PrioritisedTrajectoryBuffer(
         shards = self._shards
         if shards is not None:
             return sharded_write(shards, self._local(), where, state, batch)
+        check_unsplit(where, "the batch's", batch)
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
@@ -392,7 +395,11 @@ class PrioritisedTrajectoryBuffer(
         **Arguments:**
 
         - `state`: the current state; donated, as in `add`.
-        - `indices`: `sample.indices` (or a subset of them), integers of shape `(k,)`.
+        - `indices`: `sample.indices` (or a subset of them), integers of shape `(k,)`. A
+            sharded buffer needs all of the sample's indices, in the sample's order: the
+            `j`-th of its `n` equal parts goes to device `j`, and a handle that reaches a
+            device other than the one that drew it is ignored, so a shuffled, cut or
+            concatenated sample loses updates (see the README's "Scaling out").
         - `priorities`: non-negative floats of shape `(k,)`, e.g. absolute TD errors.
 
         An update is ignored, and the window keeps its priority, when the window has been

@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Int, jaxtyped, PyTree, Shaped
 
 from . import _ring
 from ._base import AbstractBuffer
-from ._checks import check_batch, check_example, check_state
+from ._checks import check_batch, check_example, check_state, check_unsplit
 from ._config import donate_flag, queue_config
 from ._data import Data
 from ._guard import poison_unless
@@ -159,6 +159,7 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
             TrajectoryQueueState,
             (self.add_batch_size, self.max_length_time_axis),
             self._empty,
+            sharded=self.sharding is not None,
         )
 
     def _unread(self, state: TrajectoryQueueState) -> Int[Array, ""]:
@@ -179,6 +180,7 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         shards = self._shards
         if shards is not None:
             return sharded_write(shards, self._local(), where, state, batch)
+        check_unsplit(where, "the batch's", batch)
         return self._write(where, state, batch)
 
     def _write(

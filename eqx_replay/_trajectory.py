@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Bool, Int, jaxtyped, PRNGKeyArray, PyTre
 
 from . import _ring
 from ._base import AbstractReplayBuffer
-from ._checks import check_batch, check_example, check_key, check_state
+from ._checks import check_batch, check_example, check_key, check_state, check_unsplit
 from ._config import (
     Boundary,
     check_items,
@@ -249,6 +249,7 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
             StrictTrajectoryBufferState if strict else TrajectoryBufferState,
             (self.add_batch_size, self.max_length_time_axis),
             self._empty,
+            sharded=self.sharding is not None,
         )
 
     @compiled_method(donates_state=True)
@@ -279,6 +280,7 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
         shards = self._shards
         if shards is not None:
             return sharded_write(shards, self._local(), where, state, batch)
+        check_unsplit(where, "the batch's", batch)
         steps = jtu.tree_leaves(batch)[0].shape[1]
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full

@@ -340,10 +340,47 @@ def check_a_batch_placed_otherwise_is_resharded_or_refused_clearly():
         try:
             buffer.add(state, on_one_device)
         except ValueError as caught:
-            assert "`TrajectoryBuffer.add`: the arguments are committed to different" in str(caught)
+            message = "`TrajectoryBuffer.add`: batch['obs'], batch['step'] are committed to other"
+            assert message in str(caught), str(caught)
         else:
             raise AssertionError("no error for a batch committed to one device")
         assert int(state.current_index) == 6  # the state was not consumed
+
+
+def check_misuse_gets_the_library_s_errors_not_jax_s():
+    mesh = meshes()["explicit"]
+    buffer = eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=rows_sharding(mesh))
+    plain = eqx_replay.make_trajectory_buffer(**TRAJECTORY)
+    state = buffer.init(EXAMPLE)
+    newer = buffer.add(state, batch(16, 2, 0))
+    cases = {
+        # A donated state of several devices, passed again: JAX would crash the process.
+        "`TrajectoryBuffer.add`: the state's arrays have been deleted": lambda: buffer.add(
+            state, batch(16, 2, 1)
+        ),
+        # Inside the user's own `jit`: the library's message, not a concretization error.
+        "`TrajectoryBuffer.add`: leaf ['obs'] has shape (8, 2, 3)": lambda: jax.jit(
+            lambda s: buffer.add(s, batch(8, 2, 1))
+        )(newer),
+        # A sharded state or batch given to an unsharded buffer (Explicit mesh).
+        "`TrajectoryBuffer.sample`: the state's experience leaf ['obs'] is split": lambda: (
+            plain.sample(newer, jr.PRNGKey(0))
+        ),
+        "`TrajectoryBuffer.add`: the batch's leaf ['obs'] is split": lambda: plain.add(
+            plain.init(EXAMPLE), jax.device_put(batch(16, 2, 1), rows_sharding(mesh))
+        ),
+        "`TrajectoryBuffer.sample`: rng_key is committed to other devices": lambda: buffer.sample(
+            newer, jax.device_put(jr.PRNGKey(0), jax.devices()[5])
+        ),
+    }
+    for message, call in cases.items():
+        try:
+            call()
+        except ValueError as caught:
+            assert message in str(caught), (message, str(caught))
+        else:
+            raise AssertionError(f"no error: {message}")
+    assert int(buffer.add(newer, batch(16, 2, 1)).current_index) == 4  # newer was intact
 
 
 def check_add_updates_each_device_rows_in_place():

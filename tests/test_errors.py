@@ -309,3 +309,15 @@ def test_non_array_leaves_are_named():
     with pytest.raises(TypeError, match=r"(?s)TrajectoryBuffer.add.*path batch\['reward'\]"):
         buffer.add(state, {"obs": seed_batch()["obs"], "reward": "a lot"})
     assert int(buffer.add(state, seed_batch()).current_index) == 20
+
+
+def test_errors_inside_the_users_own_jit_are_the_librarys(filled):
+    """The same clear message inside a user's `jax.jit` (JAX 0.10's tracers have an
+    `is_deleted` that raises: the donated-state check must not ask them)."""
+    buffer, state = filled
+    step = jax.jit(lambda s: buffer.add(s, seed_batch(rows=3)))
+    with pytest.raises(ValueError, match=re.escape("`TrajectoryBuffer.add`: leaf")):
+        step(state)
+    other = seed_buffer(max_length_time_axis=24)
+    with pytest.raises(ValueError, match=re.escape("`TrajectoryBuffer.sample`: state leaf")):
+        jax.jit(lambda s: other.sample(s, jax.random.key(0)))(state)
