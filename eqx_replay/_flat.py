@@ -133,7 +133,7 @@ class FlatBuffer(AbstractLayeredBuffer):
     add_batch_size: int | None = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
     sharding: NamedSharding | None = eqx.field(static=True)
-    buffer: TrajectoryBuffer = eqx.field(static=True)
+    buffer: TrajectoryBuffer = eqx.field(static=True, init=False)
 
     def __init__(
         self,
@@ -209,7 +209,7 @@ class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
     priority_exponent: float = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
     sharding: NamedSharding | None = eqx.field(static=True)
-    buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True)
+    buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True, init=False)
 
     def __init__(
         self,

@@ -94,7 +94,7 @@ class ItemBuffer(AbstractLayeredBuffer):
     add_sequences: bool = eqx.field(static=True)
     add_batches: bool = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
-    buffer: TrajectoryBuffer = eqx.field(static=True)
+    buffer: TrajectoryBuffer = eqx.field(static=True, init=False)
 
     def __init__(
         self,
@@ -150,7 +150,7 @@ class PrioritisedItemBuffer(AbstractLayeredPrioritisedBuffer):
     add_batches: bool = eqx.field(static=True)
     priority_exponent: float = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
-    buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True)
+    buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True, init=False)
 
     def __init__(
         self,

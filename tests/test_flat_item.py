@@ -354,3 +354,22 @@ def test_no_retracing(kind, monkeypatch):
         buffer.sample(state, jr.key(i))
     assert eqx.debug.get_num_traces(traced_add) == 1
     assert eqx.debug.get_num_traces(traced_read) == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: eqx_replay.make_flat_buffer(16, 4, 2, add_batch_size=2),
+        lambda: eqx_replay.make_prioritised_flat_buffer(16, 4, 2, add_batch_size=2),
+        lambda: eqx_replay.make_item_buffer(16, 4, 2),
+        lambda: eqx_replay.make_prioritised_item_buffer(16, 4, 2),
+    ],
+)
+def test_dataclasses_replace_changes_the_configuration(make):
+    """The README's way to change a buffer's configuration works for every kind."""
+    import dataclasses
+
+    buffer = dataclasses.replace(make(), donate_state=False)
+    assert not buffer.donate_state and not buffer.buffer.donate_state
+    state = buffer.init({"x": jnp.zeros(2)})
+    assert jax.tree.leaves(state)[0].shape[0] >= 1
