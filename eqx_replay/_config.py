@@ -64,6 +64,20 @@ def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     return as_int
 
 
+def _rows_of(max_size: object, rows: int) -> tuple[int, int]:
+    """`max_size` checked, and the time axis it gives each of `rows` rows.
+
+    **Returns:** `(max_size, max_size // rows)`.
+    """
+    size = _positive_int("max_size", max_size)
+    if size < rows:
+        raise ValueError(
+            f"`max_size` ({size}) must be at least `add_batch_size` ({rows}), so that "
+            "each row holds at least one step"
+        )
+    return size, size // rows
+
+
 def donate_flag(donate_state: object) -> bool:
     """Validates `donate_state`."""
     if not isinstance(donate_state, bool):
@@ -100,13 +114,7 @@ def trajectory_config(
             + ("both" if max_size is not None else "neither")
         )
     if max_size is not None:
-        size = _positive_int("max_size", max_size)
-        capacity = size // rows
-        if capacity == 0:
-            raise ValueError(
-                f"`max_size` ({size}) must be at least `add_batch_size` ({rows}), so that "
-                "each row holds at least one step"
-            )
+        size, capacity = _rows_of(max_size, rows)
         if size % rows:
             _warn(
                 f"`max_size` ({size}) is not a multiple of `add_batch_size` ({rows}); the "
@@ -396,13 +404,7 @@ def queue_config(
     """
     rows = _positive_int("add_batch_size", add_batch_size)
     if max_size is not None:
-        size = _positive_int("max_size", max_size)
-        capacity = size // rows
-        if capacity == 0:
-            raise ValueError(
-                f"`max_size` ({size}) must be at least `add_batch_size` ({rows}), so that "
-                "each row holds at least one step"
-            )
+        size, capacity = _rows_of(max_size, rows)
         _warn(
             f"`max_size` ({size}) sets `max_length_time_axis` to `max_size // "
             f"add_batch_size` = {capacity}, in place of the `max_length_time_axis` given"

@@ -46,10 +46,6 @@ class Shards(NamedTuple):
         """Leaves split along their first axis."""
         return NamedSharding(self.sharding.mesh, PartitionSpec(self.axis))
 
-    @property
-    def replicated(self) -> NamedSharding:
-        return NamedSharding(self.sharding.mesh, PartitionSpec())
-
 
 def shard_config(where: str, sharding: object, **sizes: int | None) -> Shards | None:
     """Checks a constructor's `sharding` against the sizes that must split over it (e.g.

@@ -225,10 +225,6 @@ def check_prioritised_frequencies_match_reported_probabilities():
     sample = buffer.sample(state, jr.PRNGKey(1))
     # Unequal priorities, differently spread on every device.
     state = buffer.set_priorities(state, sample.indices, jnp.arange(1.0, 33.0) ** 2)
-    draw = (
-        jax.jit(jax.vmap(lambda k: buffer.sample(state, k), in_axes=(None, 0))) if False else None
-    )
-    del draw
     keys = jr.split(jr.PRNGKey(2), 300)
     counts: dict[int, int] = {}
     reported: dict[int, float] = {}
@@ -244,7 +240,7 @@ def check_prioritised_frequencies_match_reported_probabilities():
     # share times its probability within the device): frequencies over all draws match.
     probabilities = np.array([reported[i] for i in counts])
     observed = np.array([counts[i] for i in counts])
-    assert abs(probabilities.sum() - 1) < 1e-3 * 50, probabilities.sum()
+    assert abs(probabilities.sum() - 1) < 0.05, probabilities.sum()
     assert chi_square_p(observed, probabilities * total / probabilities.sum()) > 1e-3
 
 
