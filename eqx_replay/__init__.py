@@ -7,6 +7,7 @@ from ._base import (
     AbstractPrioritisedBuffer as AbstractPrioritisedBuffer,
     AbstractReplayBuffer as AbstractReplayBuffer,
 )
+from ._checkpoint import load_state as load_state, save_state as save_state
 from ._flat import (
     ExperiencePair as ExperiencePair,
     FlatBuffer as FlatBuffer,
