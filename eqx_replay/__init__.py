@@ -39,6 +39,11 @@ from ._queue import (
     TrajectoryQueueSample as TrajectoryQueueSample,
     TrajectoryQueueState as TrajectoryQueueState,
 )
+from ._returns import (
+    burn_in_split as burn_in_split,
+    lambda_returns as lambda_returns,
+    n_step_returns as n_step_returns,
+)
 from ._sum_tree import SumTree as SumTree
 from ._trajectory import (
     make_trajectory_buffer as make_trajectory_buffer,
