@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, PyTree, UInt32
 
 from ._base import AbstractBuffer
 from ._checks import check_example
 from ._jit import _deleted
+from ._sharding import Shards, state_specs
 
 
 _FORMAT = "eqx_replay.state"
@@ -242,6 +243,22 @@ def _compare(where: str, description: dict[str, Any], buffer: AbstractBuffer) ->
             )
 
 
+def _placements(buffer: AbstractBuffer, expected: PyTree) -> list[jax.sharding.Sharding]:
+    """Where `buffer.init` places each leaf: on the default device, or for a sharded buffer
+    rows split over its mesh and the rest as `_sharding.state_specs` says."""
+    sharding = getattr(buffer, "sharding", None)
+    if sharding is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return [device for _ in jtu.tree_leaves(expected)]
+    shards = Shards(sharding, sharding.spec[0], 0)
+    return [
+        NamedSharding(sharding.mesh, spec)
+        for spec in jtu.tree_leaves(
+            state_specs(shards, expected), is_leaf=lambda x: isinstance(x, PartitionSpec)
+        )
+    ]
+
+
 def _collect_orphans() -> None:
     """After a failed read, Orbax leaves coroutines to the garbage collector after their
     event loop has closed, and Python would print an "Exception ignored" report for each
@@ -302,10 +319,9 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
                 f"example makes {_describe(want)}"
             )
     ocp = _orbax()
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     targets = [
-        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default)
-        for _, x in leaves_with_paths
+        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement)
+        for (_, x), placement in zip(leaves_with_paths, _placements(buffer, expected))
     ]
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:

@@ -396,6 +396,66 @@ def check_add_updates_each_device_rows_in_place():
         assert before.is_deleted()  # donated: updated in place
 
 
+def check_sharded_states_save_and_load_exactly_and_placed():
+    """`save_state`/`load_state` of sharded states: leaf for leaf, placed as `init` places
+    them (on another mesh with as many devices too), continuing identically; a checkpoint
+    of another device count is named."""
+    import tempfile
+
+    key = jr.PRNGKey(4)
+    for name, mesh in meshes().items():
+        buffers = [
+            eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=rows_sharding(mesh)),
+            prioritised(mesh),
+            eqx_replay.make_prioritised_flat_buffer(
+                max_length=160,
+                min_length=16,
+                sample_batch_size=32,
+                add_sequences=True,
+                add_batch_size=16,
+                sharding=rows_sharding(mesh),
+            ),
+        ]
+        for buffer in buffers:
+            state = filled(buffer, adds=7)
+            with tempfile.TemporaryDirectory() as directory:
+                eqx_replay.save_state(directory + "/c", buffer, state)
+                loaded = eqx_replay.load_state(directory + "/c", buffer, EXAMPLE)
+                assert leaves_equal(loaded, state), (name, type(buffer).__name__)
+                for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(state)):
+                    assert got.sharding.is_equivalent_to(want.sharding, got.ndim), name
+                # The same devices in reverse order: placed as that buffer's `init` places.
+                other = jax.sharding.Mesh(np.array(jax.devices()[::-1]), ("data",))
+                moved = type(buffer)(
+                    **{**buffer_arguments(buffer), "sharding": rows_sharding(other)}
+                )
+                loaded_moved = eqx_replay.load_state(directory + "/c", moved, EXAMPLE)
+                assert leaves_equal(loaded_moved, state), name
+                reference = jax.tree.leaves(moved.init(EXAMPLE))[0].sharding
+                assert jax.tree.leaves(loaded_moved)[0].sharding == reference
+                a = buffer.sample(buffer.add(state, batch(16, 3, 99)), key)
+                b = buffer.sample(buffer.add(loaded, batch(16, 3, 99)), key)
+                assert leaves_equal(a, b), name
+                half = jax.make_mesh((N // 2,), ("data",), devices=jax.devices()[: N // 2])
+                fewer = type(buffer)(
+                    **{**buffer_arguments(buffer), "sharding": rows_sharding(half)}
+                )
+                try:
+                    eqx_replay.load_state(directory + "/c", fewer, EXAMPLE)
+                except ValueError as error:
+                    assert "sharding: saved 'sharded over 8 devices', buffer 'sharded over 4" in (
+                        str(error)
+                    ), error
+                else:
+                    raise AssertionError("loaded a checkpoint of 8 devices onto 4")
+
+
+def buffer_arguments(buffer: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(buffer, f.name) for f in dataclasses.fields(buffer) if f.init}
+
+
 CHECKS = {name: fn for name, fn in globals().items() if name.startswith("check_")}
 
 
