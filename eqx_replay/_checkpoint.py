@@ -12,6 +12,7 @@ does not need it.
 """
 
 import dataclasses
+import functools as ft
 import gc
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -28,13 +30,15 @@ from jaxtyping import Array, PyTree, UInt32
 from ._base import AbstractBuffer
 from ._checks import check_example
 from ._jit import _deleted
-from ._sharding import Shards, state_specs
+from ._sharding import run, Shards, state_specs
 
 
 _FORMAT = "eqx_replay.state"
 _VERSION = 1
 _ARRAYS = "state"
 _DESCRIPTION = "eqx_replay"
+# Bytes per chunk of a saved array.
+_CHUNK_BYTES = 16 << 20
 
 
 def _orbax() -> Any:
@@ -80,38 +84,100 @@ def _describe(leaf: Any) -> str:
     return f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
 
 
+# Elements checksummed at a time: only this many are converted to words at once.
+_BLOCK = 1 << 20
+
+
 def _words(x: Array) -> Array:
-    """A leaf's elements as unsigned 32-bit words (64-bit elements as two)."""
-    x = x.reshape(-1)
+    """Elements as unsigned 32-bit words (a 64-bit element as two, in order)."""
     if x.dtype == jnp.bool_:
         return x.astype(jnp.uint32)
     bits = x.dtype.itemsize * 8
-    unsigned = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}"))
+    unsigned = lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}"))
     if bits == 64:
-        return jax.lax.bitcast_convert_type(unsigned, jnp.uint32).reshape(-1)
+        return lax.bitcast_convert_type(unsigned, jnp.uint32).reshape(-1)
     return unsigned.astype(jnp.uint32)
 
 
-@jax.jit
-def _checksums(leaves: list[Array]) -> list[UInt32[Array, "2"]]:
-    """Two position-weighted sums modulo 2**32 per leaf, with odd weights: a change to any
-    one element always changes both; changes that cancel in both have odds of about 2**-64.
-    Computed where the arrays are (sharded arrays included), in one pass."""
-    sums = []
-    for leaf in leaves:
-        words = _words(leaf)
-        position = jnp.arange(words.shape[0], dtype=jnp.uint32)
-        first = jnp.sum(words * (2 * position + 1), dtype=jnp.uint32)
-        second = jnp.sum(
-            (words ^ jnp.uint32(0x5BD1E995)) * (position * jnp.uint32(0x9E3779B1) | 1),
-            dtype=jnp.uint32,
+def _block_sums(block: Array, start: Array) -> UInt32[Array, "2"]:
+    """The two sums of a 1-d block whose first element is element `start` of its leaf."""
+    words = _words(block)
+    per = words.shape[0] // max(1, block.shape[0])
+    position = start * jnp.uint32(per) + lax.iota(jnp.uint32, words.shape[0])
+    first = jnp.sum(words * (2 * position + 1), dtype=jnp.uint32)
+    second = jnp.sum(
+        (words ^ jnp.uint32(0x5BD1E995)) * (position * jnp.uint32(0x9E3779B1) | 1),
+        dtype=jnp.uint32,
+    )
+    return jnp.stack([first, second])
+
+
+def _leaf_sums(leaf: Array, offset: Array) -> UInt32[Array, "2"]:
+    """Two position-weighted sums modulo 2**32 of a leaf's words, with odd weights: a change
+    to any one element always changes both; changes that cancel in both have odds of about
+    2**-64. Positions count from `offset` (where this part starts in the whole leaf), so the
+    sums of the parts of a sharded leaf add up to the whole leaf's. Block by block, so
+    that only one block at a time is converted to words."""
+    flat = leaf.reshape(-1)
+    size = flat.shape[0]
+    whole = size // _BLOCK
+    sums = jnp.zeros(2, jnp.uint32)
+    if whole:
+        sums = lax.fori_loop(
+            0,
+            whole,
+            lambda b, acc: (
+                acc
+                + _block_sums(
+                    lax.dynamic_slice_in_dim(flat, b * _BLOCK, _BLOCK),
+                    offset + jnp.uint32(_BLOCK) * b.astype(jnp.uint32),
+                )
+            ),
+            sums,
         )
-        sums.append(jnp.stack([first, second]))
+    if size % _BLOCK or not size:
+        sums = sums + _block_sums(flat[whole * _BLOCK :], offset + jnp.uint32(whole * _BLOCK))
     return sums
 
 
-def _checksum_list(leaves: list[Array]) -> list[list[int]]:
-    return [[int(v) for v in np.asarray(s)] for s in _checksums(leaves)]
+@ft.partial(jax.jit, static_argnums=(0, 1))
+def _checksums(
+    shards: Shards | None, specs: tuple[PartitionSpec, ...], leaves: list[Array]
+) -> list[UInt32[Array, "2"]]:
+    """Each leaf's sums, computed where the leaf is: a sharded state's on each device for
+    its part (`specs`: how each leaf is split), added up across the devices (a replicated
+    leaf counted once)."""
+    if shards is None:
+        return [_leaf_sums(leaf, jnp.uint32(0)) for leaf in leaves]
+    axis = shards.axis
+
+    def local(*parts: Array) -> list[Array]:
+        index = lax.axis_index(axis).astype(jnp.uint32)
+        sums = []
+        for part, spec in zip(parts, specs):
+            if len(spec):
+                mine = _leaf_sums(part, index * jnp.uint32(part.size % 2**32))
+            else:
+                mine = jnp.where(index == 0, _leaf_sums(part, jnp.uint32(0)), jnp.uint32(0))
+            sums.append(lax.psum(mine, axis))
+        return sums
+
+    return run(shards, local, tuple(leaves), tuple(specs), [PartitionSpec()] * len(leaves))
+
+
+def _checksum_list(buffer: AbstractBuffer, state: PyTree) -> list[list[int]]:
+    leaves = jtu.tree_leaves(state)
+    sharding = getattr(buffer, "sharding", None)
+    if sharding is None:
+        shards, specs = None, ()
+    else:
+        shards = Shards(sharding, sharding.spec[0], 0)
+        specs = tuple(
+            jtu.tree_leaves(
+                state_specs(shards, state), is_leaf=lambda x: isinstance(x, PartitionSpec)
+            )
+        )
+    return [[int(v) for v in np.asarray(s)] for s in _checksums(shards, specs, leaves)]
 
 
 def _check_buffer(where: str, buffer: object) -> AbstractBuffer:
@@ -177,20 +243,54 @@ def save_state(
             {"path": _leaf_name(p), "dtype": jnp.dtype(x.dtype).name, "shape": list(x.shape)}
             for p, x in leaves_with_paths
         ],
-        "checksums": _checksum_list(leaves),
+        "checksums": _checksum_list(buffer, state),
     }
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    checkpointer = _checkpointer(ocp)
     checkpointer.save(
         path,
         args=ocp.args.Composite(
             **{
-                _ARRAYS: ocp.args.StandardSave(leaves),
+                _ARRAYS: ocp.args.PyTreeSave(
+                    leaves, save_args=[ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES) for _ in leaves]
+                ),
                 _DESCRIPTION: ocp.args.JsonSave(description),
             }
         ),
         force=overwrite,
     )
     checkpointer.close()
+    _sync(path)
+
+
+def _checkpointer(ocp: Any) -> Any:
+    """Orbax's checkpointer for a state: arrays uncompressed (a replay buffer's experience
+    rarely compresses, and compressing costs more than the disk's time), chunked so that
+    reads and writes proceed in parallel; the description as JSON."""
+    return ocp.Checkpointer(
+        ocp.CompositeCheckpointHandler(
+            **{
+                _ARRAYS: ocp.PyTreeCheckpointHandler(use_compression=False),
+                _DESCRIPTION: ocp.JsonCheckpointHandler(),
+            }
+        )
+    )
+
+
+def _sync(path: str) -> None:
+    """Flushes every file of the checkpoint, and the directory entries, to the disk: the
+    checkpoint survives a power loss once `save_state` returns."""
+    for root, _, names in os.walk(path):
+        for name in [*names, "."]:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_description(where: str, path: str) -> dict[str, Any]:
@@ -323,10 +423,18 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
         jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement)
         for (_, x), placement in zip(leaves_with_paths, _placements(buffer, expected))
     ]
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    checkpointer = _checkpointer(ocp)
     try:
         restored = checkpointer.restore(
-            path, args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(targets)})
+            path,
+            args=ocp.args.Composite(
+                **{
+                    _ARRAYS: ocp.args.PyTreeRestore(
+                        targets,
+                        restore_args=[ocp.ArrayRestoreArgs(sharding=t.sharding) for t in targets],
+                    )
+                }
+            ),
         )[_ARRAYS]
     except Exception as error:
         _collect_orphans()
@@ -337,7 +445,7 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
     finally:
         checkpointer.close()
     leaves = list(restored)
-    sums = _checksum_list(leaves)
+    sums = _checksum_list(buffer, jtu.tree_unflatten(structure, leaves))
     for (p, _), got, want in zip(leaves_with_paths, sums, description["checksums"]):
         if got != want:
             raise ValueError(

@@ -11,6 +11,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
@@ -390,3 +391,23 @@ def test_import_does_not_need_the_io_extra() -> None:
         "    raise AssertionError('vault imported without tensorstore')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_checksums_see_any_one_changed_element() -> None:
+    from eqx_replay._checkpoint import _checksums
+
+    rng = np.random.default_rng(0)
+    for dtype, size in [
+        (jnp.bool_, 1000),
+        (jnp.uint8, 3 << 19),  # crosses a block boundary: the loop and the tail
+        (jnp.int16, 5000),
+        (jnp.float32, (1 << 20) * 2),
+        (jnp.bfloat16, 777),
+    ]:
+        base = jnp.asarray(rng.integers(0, 2, size)).astype(dtype)
+        sums = _checksums(None, (), [base])[0]
+        for position in rng.integers(0, size, 3):
+            changed = base.at[position].set(
+                jnp.logical_not(base[position]) if dtype == jnp.bool_ else base[position] + 1
+            )
+            assert not bool(jnp.any(_checksums(None, (), [changed])[0] == sums)), (dtype, position)
