@@ -57,7 +57,7 @@ _TIME_LIMIT = int(10e12)
 _COMPRESSION = {"id": "gzip", "level": 5}
 _INDEX = "vault_index"
 # Bytes of one chunk (all rows, some steps) that appends aim for.
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 18
 
 
 def _datastore_name(path: tuple[Any, ...]) -> str:
@@ -102,6 +102,22 @@ def _leaves(tree: PyTree) -> list[tuple[tuple[Any, ...], Any]]:
 def _stored(shape: tuple[int, ...], dtype: str) -> str:
     """How a vault leaf is shaped: `float32[4, time, 3]`."""
     return f"{dtype}[{', '.join([str(shape[0]), 'time', *map(str, shape[2:])])}]"
+
+
+def _aligned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on a 64-byte boundary."""
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    return raw[offset : offset + size].view(dtype).reshape(shape)
+
+
+def _arrays(reads: list[tuple[np.ndarray, Any]]) -> list[jax.Array]:
+    """The JAX arrays of reads begun by `Vault._read`, once each has completed (on the CPU,
+    JAX adopts the memory read into)."""
+    for _, done in reads:
+        done.result()
+    return [jax.device_put(target) for target, _ in reads]
 
 
 def _error(where: str, message: str) -> ValueError:
@@ -457,9 +473,7 @@ class Vault:
         """The vault's steps `start` to `stop - 1` of every row: the experience structure
         with leaves `(rows, stop - start, ...)`, read in parallel."""
         start, stop = self._interval("read_range", int(start), int(stop))
-        futures = [store[:, start:stop].read() for store in self._stores]
-        arrays = [jnp.asarray(future.result()) for future in futures]
-        return jtu.tree_unflatten(self._structure, arrays)
+        return jtu.tree_unflatten(self._structure, _arrays(self._read(start, stop)))
 
     def read(
         self, timesteps: int | None = None, percentiles: tuple[int, int] | None = None
@@ -501,12 +515,22 @@ class Vault:
             "chunks", int(start), self.vault_index if stop is None else int(stop)
         )
         bounds = [(a, min(a + int(steps), stop)) for a in range(start, stop, int(steps))]
-        pending = [store[:, slice(*bounds[0])].read() for store in self._stores] if bounds else []
+        pending = self._read(*bounds[0]) if bounds else []
         for i in range(len(bounds)):
-            arrays = [future.result() for future in pending]
+            current = pending
             if i + 1 < len(bounds):
-                pending = [store[:, slice(*bounds[i + 1])].read() for store in self._stores]
-            yield jtu.tree_unflatten(self._structure, [jnp.asarray(a) for a in arrays])
+                pending = self._read(*bounds[i + 1])
+            yield jtu.tree_unflatten(self._structure, _arrays(current))
+
+    def _read(self, start: int, stop: int) -> list[tuple[np.ndarray, Any]]:
+        """Starts reading steps `[start, stop)` of every leaf, each into an array of its own
+        whose memory JAX can adopt without a copy (aligned, as JAX's CPU client needs)."""
+        reads = []
+        for store in self._stores:
+            view = store[:, start:stop]
+            target = _aligned(tuple(view.shape), view.dtype.numpy_dtype)
+            reads.append((target, ts.array(target).write(view)))
+        return reads
 
     def to_state(self, buffer: Any, example: PyTree) -> Any:
         """A state of `buffer` holding the vault's last `capacity` steps where a buffer that
