@@ -129,8 +129,9 @@ class Vault:
 
     **Arguments** (Flashbax's):
 
-    - `vault_name`, `rel_dir`, `vault_uid`: the vault is `<cwd>/<rel_dir>/<vault_name>/
-      <vault_uid>`; `vault_uid` defaults to the current time (`%Y%m%d%H%M%S`).
+    - `vault_name`, `rel_dir`, `vault_uid`: the vault is the directory
+      `<cwd>/<rel_dir>/<vault_name>/<vault_uid>`; `vault_uid` defaults to the current time
+      (`%Y%m%d%H%M%S`).
     - `experience_structure`: a buffer state's `experience` (leaves `(rows, time, ...)`);
       needed to create a vault, optional to open one (then `read` gives nested dicts).
     - `compression`: the zarr compressor for new vaults (default gzip, level 5); an
@@ -188,7 +189,8 @@ class Vault:
         self._index_store = ts.open(
             self._spec(self._base_path, _INDEX), context=self._context
         ).result()
-        self.vault_index = int(self._index_store.read().result()[0])
+        self.vault_index: int = int(self._index_store.read().result()[0])
+        """How many steps of every row the vault holds (the next `write` appends there)."""
         # What the last `write` saw of the buffer: its write head, whether it was full, and
         # the step just before the head (to tell a buffer that moved by a whole capacity
         # from one that did not move).
