@@ -324,6 +324,24 @@ def damage_cases(tmp_path: pathlib.Path) -> None:
         with pytest.raises(ValueError, match=message):
             eqx_replay.load_state(damaged(change), buffer, EXAMPLE)
 
+    # One bit of a large leaf's stored data (not compressed: the reader cannot tell), caught
+    # by the leaf's checksum.
+    big = _trajectory()
+    big_example = {**EXAMPLE, "obs": jnp.zeros(4096, jnp.float32)}
+    big_state = big.add(
+        big.init(big_example),
+        {**steps(0, 2, 7), "obs": jax.random.normal(jax.random.key(0), (2, 7, 4096))},
+    )
+    eqx_replay.save_state(tmp_path / "big", big, big_state)
+    copy = tmp_path / "big_flipped"
+    subprocess.run(["cp", "-r", str(tmp_path / "big"), str(copy)], check=True)
+    data = max((p for p in copy.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"leaf .experience\['obs'\] does not match the checksum"):
+        eqx_replay.load_state(copy, big, big_example)
+
 
 def test_an_unfinished_save_is_named(tmp_path: Any) -> None:
     buffer, _, _ = _saved(tmp_path)
