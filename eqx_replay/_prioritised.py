@@ -153,7 +153,8 @@ class PrioritisedTrajectoryBuffer(
         With `sharding`, each device keeps a sum tree over its own rows and draws
         `sample_batch_size / n` windows from it: a window of device `d` is drawn by one of
         `d`'s draws with probability `p / total_d`, and `sample.probabilities` reports
-        `p / (n * total_d)`, its probability under the whole sample (see the README).
+        `p / (n * total_d)`, its probability under the whole sample (see "Scaling out" in
+        the README and the docs).
 
         The time axis is rounded down to a multiple of `period`, with a warning.
         """
@@ -399,7 +400,7 @@ class PrioritisedTrajectoryBuffer(
             sharded buffer needs all of the sample's indices, in the sample's order: the
             `j`-th of its `n` equal parts goes to device `j`, and a handle that reaches a
             device other than the one that drew it is ignored, so a shuffled, cut or
-            concatenated sample loses updates (see the README's "Scaling out").
+            concatenated sample loses updates (see "Scaling out" in the README and the docs).
         - `priorities`: non-negative floats of shape `(k,)`, e.g. absolute TD errors.
 
         An update is ignored, and the window keeps its priority, when the window has been

@@ -324,7 +324,8 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
         The row and the window start are drawn independently. Starts lie on the period grid
         counted from the oldest stored step, and a window never runs past the newest one.
         Sampling a state for which `can_sample` is false returns poison instead of zeros:
-        NaN, the largest integer, or True, in every element (see the README).
+        NaN, the largest integer, or True, in every element (see "Sampling semantics" in the
+        README and the docs).
 
         **Arguments:**
 
