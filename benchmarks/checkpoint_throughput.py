@@ -94,8 +94,11 @@ def disk_bandwidth(directory: str, data: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=2048)
+    parser.add_argument("--tiny", action="store_true", help="a 4 MB state, for CI")
     parser.add_argument("--directory", default=None, help="where to write (default: a temp dir)")
     args = parser.parse_args()
+    if args.tiny:
+        args.size_mb = 4
     steps = max(2, int(args.size_mb * 2**20 / (ROWS * OBS * 4)))
     buffer = eqx_replay.make_trajectory_buffer(
         add_batch_size=ROWS,

@@ -56,3 +56,16 @@ def test_compare_family_tiny():
 def test_sharding_scaling_tiny():
     table = run("sharding_scaling.py")
     assert "| 8 |" in table and "yes" not in table.split("collectives |")[1]
+
+
+def test_checkpoint_throughput_tiny():
+    table = run("checkpoint_throughput.py")
+    assert "| `save_state` |" in table and "| `load_state` (cold) |" in table
+    assert "peak extra memory during save" in table
+
+
+def test_vault_compare_tiny():
+    table = run("vault_compare.py", "--repeats", "1")
+    assert (
+        "| eqx_replay |" in table and "| flashbax |" in table and "Flashbax / eqx_replay" in table
+    )
