@@ -33,28 +33,23 @@ def steps(i: int, rows: int, t: int) -> dict[str, jax.Array]:
     }
 
 
+# The trajectory and prioritised trajectory buffers' configuration in these tests.
+WINDOWS: dict[str, Any] = dict(
+    add_batch_size=2,
+    sample_batch_size=4,
+    sample_sequence_length=3,
+    period=1,
+    min_length_time_axis=3,
+    max_length_time_axis=10,
+)
+
+
 def _trajectory(**kwargs: Any) -> Any:
-    return eqx_replay.make_trajectory_buffer(
-        add_batch_size=2,
-        sample_batch_size=4,
-        sample_sequence_length=3,
-        period=1,
-        min_length_time_axis=3,
-        max_length_time_axis=10,
-        **kwargs,
-    )
+    return eqx_replay.make_trajectory_buffer(**WINDOWS, **kwargs)
 
 
 def _prioritised(**kwargs: Any) -> Any:
-    return eqx_replay.make_prioritised_trajectory_buffer(
-        add_batch_size=2,
-        sample_batch_size=4,
-        sample_sequence_length=3,
-        period=1,
-        min_length_time_axis=3,
-        max_length_time_axis=10,
-        **kwargs,
-    )
+    return eqx_replay.make_prioritised_trajectory_buffer(**WINDOWS, **kwargs)
 
 
 def _flat(rows: int) -> Callable[..., Any]:
@@ -219,14 +214,7 @@ def test_mismatches_are_named(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match=r"max_length_time_axis: saved 10, buffer 12"):
         eqx_replay.load_state(
             directory,
-            eqx_replay.make_trajectory_buffer(
-                add_batch_size=2,
-                sample_batch_size=4,
-                sample_sequence_length=3,
-                period=1,
-                min_length_time_axis=3,
-                max_length_time_axis=12,
-            ),
+            eqx_replay.make_trajectory_buffer(**{**WINDOWS, "max_length_time_axis": 12}),
             EXAMPLE,
         )
     with pytest.raises(ValueError, match=r"holds a TrajectoryBuffer's state; the buffer is a Pri"):
