@@ -71,8 +71,8 @@ class PrioritisedTransitionSample(Data):
 
 
 # A leaf whose steps are at least this large is read as two gathers of single steps, each
-# straight into its own array; a smaller one as one gather of two-step windows, then split.
-# Measured on the flat buffer at 100K transitions (`benchmarks/compare_family.py`): for
+# straight into its own array; a smaller one as one gather of two-step windows, each step at
+# its wrapped time (no loop for the windows that wrap), then split. Measured on the flat buffer at 100K transitions (`benchmarks/compare_family.py`): for
 # `u8[84, 84, 4]` observations splitting the windows costs two copies of the sample (1.8 ms
 # against 1.1 ms for 256 pairs), for `f32[4]` one gather instead of two is the cheaper.
 _SPLIT_READ_BYTES = 1024
@@ -84,7 +84,7 @@ def _pairs(buffer: Any, state: Any, drawn: Drawn) -> ExperiencePair:
     large = [math.prod(x.shape[2:]) * x.dtype.itemsize >= _SPLIT_READ_BYTES for x in leaves]
     small = [x for x, big in zip(leaves, large) if not big]
     big = [x for x, is_big in zip(leaves, large) if is_big]
-    windows = iter(_ring.read(small, drawn.rows, drawn.starts, 2) if small else [])
+    windows = iter(_ring.read_each_step(small, drawn.rows, drawn.starts, 2) if small else [])
     second_times = _ring.rem(drawn.starts + 1, buffer.max_length_time_axis)
     firsts = iter(_ring.read_steps(big, drawn.rows, drawn.starts) if big else [])
     seconds = iter(_ring.read_steps(big, drawn.rows, second_times) if big else [])

@@ -16,7 +16,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool
 
@@ -25,6 +24,7 @@ from ._checks import check_key, check_priorities
 from ._config import mixer_config
 from ._guard import poison_sample
 from ._jit import compiled_method
+from ._random import split
 
 
 class Mixer(eqx.Module):
@@ -91,7 +91,7 @@ class Mixer(eqx.Module):
         where = "Mixer.sample"
         states = self._check_states(where, states)
         check_key(where, rng_key)
-        keys = jr.split(rng_key, len(self.buffers))  # pyright: ignore[reportArgumentType] # checked
+        keys = split(rng_key, len(self.buffers))  # pyright: ignore[reportArgumentType] # checked
         drawn = [
             buffer._draw(where, state, key, count)
             for buffer, state, key, count in zip(self.buffers, states, keys, self.counts)

@@ -8,8 +8,9 @@ for large programs). Drawing a window and a row that way cost ~30 us of fixed ov
 - `bits` returns exactly `jax.random.bits(key, shape, jnp.uint32)` for Threefry keys (the
   default), but computes the hash straight-line, which XLA fuses into one loop: ~10 us
   instead of ~30 us for a few hundred draws. Other key kinds go to `jax.random.bits`.
-- `fold_in` returns exactly `jax.random.fold_in(key, data)` for Threefry keys, the same
-  way (a sharded buffer's devices fold their index into the key).
+- `fold_in` and `split` return exactly `jax.random.fold_in(key, data)` and
+  `jax.random.split(key, num)` for Threefry keys, the same way (a sharded buffer's devices
+  fold their index into the key; the mixer splits its key between its buffers).
 - `below` makes every index of a call from one `bits` draw, exactly: the index below `n` is
   `floor(u * n)` for a uniform 64-bit fraction `u`, computed in 32-bit integer arithmetic
   (JAX without `jax_enable_x64` has no 64-bit integers), so no index is more likely than
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, UInt32
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, UInt32
 
 
 # Threefry-2x32 with 20 rounds (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
@@ -77,6 +78,20 @@ def fold_in(key: PRNGKeyArray, data: Int[ArrayLike, ""]) -> PRNGKeyArray:
     # JAX hashes the counter pair (0, data) under the key: the two words are the new key.
     high, low = _threefry2x32(words, jnp.uint32(0), jnp.asarray(data).astype(jnp.uint32))
     new = jnp.stack([high, low])
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jr.wrap_key_data(new, impl=jr.key_impl(key))
+    return new
+
+
+def split(key: PRNGKeyArray, num: int) -> Key[Array, " {num}"] | UInt32[Array, "{num} 2"]:
+    """Exactly `jax.random.split(key, num)`, computed without a loop for Threefry keys."""
+    words = _threefry_key(key)
+    partitionable = jax.config.jax_threefry_partitionable  # pyright: ignore[reportAttributeAccessIssue]
+    if words is None or not partitionable:
+        return jr.split(key, num)
+    # Key `i` is the hash of the counter pair (0, i): `fold_in(key, i)` for every `i` at once.
+    low = jnp.arange(num, dtype=jnp.uint32)
+    new = jnp.stack(_threefry2x32(words, jnp.zeros_like(low), low), axis=1)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jr.wrap_key_data(new, impl=jr.key_impl(key))
     return new

@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 
-from eqx_replay._random import below, bits, fold_in, scale, uniform
+from eqx_replay._random import below, bits, fold_in, scale, split, uniform
 
 
 words = st.integers(0, 2**32 - 1)
@@ -78,4 +78,18 @@ def test_fold_in_is_jax_random_fold_in(key, data):
 
 def test_fold_in_has_no_loop():
     hlo = jax.jit(fold_in).lower(jax.random.key(0), jnp.int32(3)).compile().as_text()
+    assert hlo is not None and " while(" not in hlo
+
+
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS.keys())
+@pytest.mark.parametrize("num", [1, 2, 3, 8])
+def test_split_is_jax_random_split(key, num):
+    ours, theirs = jax.jit(split, static_argnums=1)(key, num), jax.random.split(key, num)
+    if jnp.issubdtype(ours.dtype, jax.dtypes.prng_key):
+        ours, theirs = jax.random.key_data(ours), jax.random.key_data(theirs)
+    assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def test_split_has_no_loop():
+    hlo = jax.jit(split, static_argnums=1).lower(jax.random.key(0), 3).compile().as_text()
     assert hlo is not None and " while(" not in hlo

@@ -81,7 +81,7 @@ def test_the_accelerator_read_matches_the_cpu_read(length):
     rows = jnp.repeat(jnp.arange(3), 10)
     starts = jnp.tile(jnp.arange(10), 3)
     cpu = jax.jit(lambda s, r, t: _ring._read_blocks(s, r, t, length))(storage, rows, starts)
-    other = jax.jit(lambda s, r, t: _ring._read_steps(s, r, t, length))(storage, rows, starts)
+    other = jax.jit(lambda s, r, t: _ring.read_each_step(s, r, t, length))(storage, rows, starts)
     for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(other)):
         assert np.array_equal(a, b)
 
