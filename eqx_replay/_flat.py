@@ -72,9 +72,10 @@ class PrioritisedTransitionSample(Data):
 
 # A leaf whose steps are at least this large is read as two gathers of single steps, each
 # straight into its own array; a smaller one as one gather of two-step windows, each step at
-# its wrapped time (no loop for the windows that wrap), then split. Measured on the flat buffer at 100K transitions (`benchmarks/compare_family.py`): for
-# `u8[84, 84, 4]` observations splitting the windows costs two copies of the sample (1.8 ms
-# against 1.1 ms for 256 pairs), for `f32[4]` one gather instead of two is the cheaper.
+# its wrapped time (no loop for the windows that wrap), then split. Measured on the flat
+# buffer at 100K transitions (`benchmarks/compare_family.py`): for `u8[84, 84, 4]`
+# observations splitting the windows costs two copies of the sample (1.8 ms against 1.1 ms
+# for 256 pairs), for `f32[4]` one gather instead of two is the cheaper.
 _SPLIT_READ_BYTES = 1024
 
 

@@ -38,6 +38,8 @@ from ._random import uniform
 
 
 FANOUT = 32
+# A descent walks a group's children in blocks of this many (see `SumTree.sample`).
+_BLOCK = 8
 SMALLEST = np.float32(np.finfo(np.float32).tiny)  # the smallest normal float32
 # The bits of a float32 below which a positive float is subnormal.
 _SUBNORMAL_BITS = 1 << 23
@@ -199,9 +201,11 @@ class SumTree(Data):
         product of its ancestors' shares, its priority over the total.
 
         A draw never lands on a zero-priority item while the total is positive: at every
-        level the descent enters only a child whose sum is positive (the first whose running
-        sum passes the draw, or, where rounding leaves the draw past the last running sum,
-        the last positive child).
+        level the descent enters only a child whose sum is positive. A group's children are
+        walked in blocks of `_BLOCK`: the descent enters the first positive block whose
+        running sum passes the draw, then, inside it, the first positive child whose running
+        sum passes what is left of the draw (or, where rounding leaves the draw past the last
+        running sum, the last positive block or child).
 
         **Returns:** the items drawn and their probabilities (priority / total, at least
         `SMALLEST` for a positive priority; zero when the total is zero).
@@ -211,33 +215,31 @@ class SumTree(Data):
         fractions = uniform(key, (len(sizes), num))
         top = (jnp.arange(num) + fractions[0]) / num * total
         top_down = jnp.array(_offsets(sizes)[::-1], jnp.int32)
-        lanes = jnp.arange(FANOUT)
+        numbers = lax.GatherDimensionNumbers(
+            offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
+        )
 
         def descend(depth: Int[Array, ""], carry: tuple[Array, Array]) -> tuple[Array, Array]:
             # A loop, not unrolled levels: XLA would fuse each level's walk into the next
             # level's gather and redo it for every element gathered.
             u, group = carry
-            children = self.nodes[top_down[depth] + group[:, None] * FANOUT + lanes]
-            # Walk the group's children left to right, element-wise over the draws (XLA
-            # fuses the walk into one loop): `child` ends at the first positive child whose
-            # running sum passes `u`, or at the last positive child if none does.
-            running = jnp.zeros(num, jnp.float32)
-            chosen = jnp.zeros(num, jnp.float32)
-            child = jnp.zeros(num, jnp.int32)
-            found = jnp.zeros(num, bool)
-            for lane in range(FANOUT):
-                value = children[:, lane]
-                positive = value > 0
-                take = ~found & positive
-                child = jnp.where(take, lane, child)
-                chosen = jnp.where(take, value, chosen)
-                running = running + value
-                found = found | (positive & (running > u))
+            # Each draw's group of children, one contiguous slice per draw.
+            starts = (top_down[depth] + group * FANOUT)[:, None]
+            children = lax.gather(
+                self.nodes, starts, numbers, (FANOUT,), mode=lax.GatherScatterMode.CLIP
+            )
+            # Walk the group in two steps, first its blocks of `_BLOCK` children (by their
+            # sums), then the chosen block's children: far fewer operations than a walk of
+            # all `FANOUT` children, and small enough that XLA runs each on one thread.
+            blocks = children.reshape(num, FANOUT // _BLOCK, _BLOCK)
+            block, _, before = _walk(blocks.sum(axis=2), u)
+            inner = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
+            child, chosen, _ = _walk(inner, u - before)
             # The next level's draw, afresh inside the chosen child's sum.
             below = jnp.minimum(depth + 1, len(sizes) - 1)
             return (
                 lax.dynamic_index_in_dim(fractions, below, keepdims=False) * chosen,
-                group * FANOUT + child,
+                group * FANOUT + block * _BLOCK + child,
             )
 
         _, item = lax.fori_loop(0, len(sizes), descend, (top, jnp.zeros(num, jnp.int32)))
@@ -245,6 +247,31 @@ class SumTree(Data):
         value = self.nodes[item]
         probabilities = jnp.where(value > 0, jnp.maximum(value / safe_total, SMALLEST), 0)
         return item, probabilities
+
+
+def _walk(
+    values: Float[Array, "num lanes"], u: Float[Array, " num"]
+) -> tuple[Int[Array, " num"], Float[Array, " num"], Float[Array, " num"]]:
+    """For each row: the first positive lane whose running sum passes `u`, or the last
+    positive lane if none does (lane 0 if none is positive), with its value and the running
+    sum before it. Walked left to right, element-wise over the rows (XLA fuses the walk into
+    one loop); its results are materialised, so that XLA does not walk again for each use."""
+    num = values.shape[0]
+    running = jnp.zeros(num, jnp.float32)
+    chosen = jnp.zeros(num, jnp.float32)
+    before = jnp.zeros(num, jnp.float32)
+    lane = jnp.zeros(num, jnp.int32)
+    found = jnp.zeros(num, bool)
+    for i in range(values.shape[1]):
+        value = values[:, i]
+        positive = value > 0
+        take = ~found & positive
+        lane = jnp.where(take, i, lane)
+        chosen = jnp.where(take, value, chosen)
+        before = jnp.where(take, running, before)
+        running = running + value
+        found = found | (positive & (running > u))
+    return lax.optimization_barrier((lane, chosen, before))
 
 
 def _last_occurrence(indices: Int[Array, " k"]) -> Bool[Array, " k"]:
