@@ -5,6 +5,8 @@ along the time axis at the write head, wrapping around; reads take windows of co
 steps that start on the period grid, counted from the oldest step still stored.
 """
 
+import math
+
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -182,8 +184,20 @@ def write(
     Requires `1 <= steps <= capacity`.
     """
     if steps.shape[1] == 1:
+        if math.prod(steps.shape[2:]) * steps.dtype.itemsize >= _MERGED_WRITE_BYTES:
+            # Merged with what it replaces under a predicate that always holds (XLA cannot
+            # prove it): XLA:CPU emits this read-select-write loop faster than the plain
+            # copy of the update, 15-20% for 128 Atari frames (`u8[84, 84, 4]`) into a
+            # buffer of 100K (a side-by-side script, 266-312 against 332-368 us). Still
+            # one in-place `dynamic_update_slice`.
+            old = lax.dynamic_slice_in_dim(storage, current_index, 1, axis=1)
+            steps = jnp.where(current_index >= 0, steps, old)
         return lax.dynamic_update_slice_in_dim(storage, steps, current_index, axis=1)
     return _write_steps(storage, steps, current_index)
+
+
+# The size of a row's step from which a one-step write is merged with the step it replaces.
+_MERGED_WRITE_BYTES = 1024
 
 
 @custom_vmap
