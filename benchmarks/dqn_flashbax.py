@@ -25,12 +25,11 @@ transitions per step) and samples (`updates_per_train` batches every `train_ever
 steps) on a full buffer, without environments or networks, so the share of the training
 step that the buffer takes can be read off.
 
-Measured with `--seeds 0,1,2` (2 shared CPU cores, JAX 0.10.2, Flashbax 0.1.3): 5,532 env
-steps/s with eqx_replay against 5,893 with Flashbax (ratio 0.94), and all six agents reach
-a final return of at least 493 of 500. The buffer's work alone is 5.60 µs per env step with
-eqx_replay against 7.32 µs with Flashbax (1.31x), 3-4% of a training step: the gradient
-steps of the Q-network are the rest (see the README's "Agents that learn" for what is known
-of the gap).
+Measured with `--seeds 0,1,2` (2 shared CPU cores, JAX 0.10.2, Flashbax 0.1.3): 6,317 env
+steps/s with eqx_replay against 6,113 with Flashbax (ratio 1.03), and all six agents reach
+a final return of at least 493 of 500. The buffer's work alone is 5.28 µs per env step with
+eqx_replay against 8.85 µs with Flashbax (1.68x), but it is only 3-5% of a training step:
+the gradient steps of the Q-network are the rest, so even a free buffer would give ~1.05x.
 """
 
 import argparse
