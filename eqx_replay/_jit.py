@@ -197,7 +197,8 @@ class CompiledMethod(Generic[_B, _P, _R]):
         traced.__signature__ = inspect.signature(ft.partial(self._fn, buffer))  # pyright: ignore[reportFunctionMemberAccess] # read by `inspect.signature`
         jitted = jax.jit(traced, donate_argnums=0 if donate else ())
 
-        names = tuple(traced.__signature__.parameters)
+        signature = traced.__signature__
+        names = tuple(signature.parameters)
         # A donated array of several devices crashes the process when passed again (JAX
         # 0.10, CPU) instead of raising: a sharded buffer checks before calling (a few
         # microseconds per call; an unsharded one finds out from JAX's error, at no cost).
@@ -227,6 +228,15 @@ class CompiledMethod(Generic[_B, _P, _R]):
                     raise _donated_error(where) from error
                 if "incompatible devices" in str(error):
                     raise _devices_error(where, names, args, error) from error
+                raise
+            except TypeError:
+                # Arguments that do not fit the method: JAX says only "too many positional
+                # arguments" or the like; say which call and what it takes.
+                try:
+                    signature.bind(*args, **kwargs)
+                except TypeError as bad:
+                    takes = ", ".join(names)
+                    raise TypeError(f"`{where}({takes})`: {bad}") from None
                 raise
 
         def stage(name: str) -> Callable[..., Any]:

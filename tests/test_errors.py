@@ -321,3 +321,12 @@ def test_errors_inside_the_users_own_jit_are_the_librarys(filled):
     other = seed_buffer(max_length_time_axis=24)
     with pytest.raises(ValueError, match=re.escape("`TrajectoryBuffer.sample`: state leaf")):
         jax.jit(lambda s: other.sample(s, jax.random.key(0)))(state)
+
+
+def test_arguments_that_do_not_fit_name_the_call_and_what_it_takes():
+    queue = eqx_replay.make_trajectory_queue(8, 2, 4, 4)
+    state = queue.init({"x": jnp.zeros(2)})
+    with pytest.raises(TypeError, match=r"`TrajectoryQueue.sample\(state\)`: too many positional"):
+        queue.sample(state, jax.random.key(0))  # pyright: ignore[reportCallIssue] # the point
+    with pytest.raises(TypeError, match=r"`TrajectoryQueue.add\(state, batch\)`: missing"):
+        queue.add(state)  # pyright: ignore[reportCallIssue] # the point
