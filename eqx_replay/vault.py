@@ -124,6 +124,10 @@ def _error(where: str, message: str) -> ValueError:
     return ValueError(f"`Vault.{where}`: {message}")
 
 
+class _Lost(ValueError):
+    """Steps were overwritten in the buffer before `Vault.write` could write them."""
+
+
 class Vault:
     """A dataset of experience on disk, written from a buffer's state as it fills.
 
@@ -346,8 +350,7 @@ class Vault:
             return np.asarray(leaf)[:, start:stop]
         return np.asarray(jax.device_get(leaf[:, start:stop]))
 
-    def _steps_since_last_write(self, leaves: list[Any], index: int, full: bool) -> int:
-        capacity = leaves[0].shape[1]
+    def _check_continues(self, index: int, full: bool) -> None:
         before, was_full = self._last_index, self._last_full
         if not full and (was_full or index < before):
             raise _error(
@@ -356,6 +359,37 @@ class Vault:
                 f"full: {full}; last write saw {before}, full: {was_full}): it is not the same "
                 "buffer's later state. Open the vault again to write another buffer's steps",
             )
+
+    def _lost(self, lost: int, capacity: int) -> "_Lost":
+        return _Lost(
+            f"`Vault.write`: at least {lost} steps of every row (vault steps "
+            f"{self.vault_index} to {self.vault_index + lost - 1} or more) were overwritten in "
+            f"the buffer before they were written: the buffer, of capacity {capacity}, moved "
+            "by more than its capacity since the last write. Write at least once every "
+            f"{capacity} steps; `write(state, skip_lost=True)` writes the {capacity} steps it "
+            "still holds"
+        )
+
+    def _steps_counted(self, capacity: int, index: int, full: bool, added: int) -> int:
+        """The steps to write when the caller counted `added` since the last write."""
+        if isinstance(added, bool) or not isinstance(added, (int, np.integer)) or added < 0:
+            raise _error("write", f"`added` must be an int >= 0; got {added!r}")
+        self._check_continues(index, full)
+        moved = (index - self._last_index) % capacity
+        if int(added) % capacity != moved or (added > 0 and not full and index == 0):
+            raise _error(
+                "write",
+                f"`added` ({added}) does not match the buffer's write head, which moved by "
+                f"{moved} steps since the last write (modulo its capacity, {capacity})",
+            )
+        if added > capacity:
+            raise self._lost(int(added) - capacity, capacity)
+        return int(added)
+
+    def _steps_since_last_write(self, leaves: list[Any], index: int, full: bool) -> int:
+        capacity = leaves[0].shape[1]
+        before, was_full = self._last_index, self._last_full
+        self._check_continues(index, full)
         moved = (index - before) % capacity
         first_wrap = full and not was_full
         overwritten = self._last_step is not None and any(
@@ -365,16 +399,7 @@ class Vault:
             )
         )
         if (first_wrap and index > before) or (overwritten and moved > 0):
-            lost = moved
-            raise _error(
-                "write",
-                f"at least {lost} steps of every row (vault steps {self.vault_index} to "
-                f"{self.vault_index + lost - 1} or more) were overwritten in the buffer before "
-                f"they were written: the buffer, of capacity {capacity}, moved by more than "
-                "its capacity since the last write. Write at least once every "
-                f"{capacity} steps; `write(state, skip_lost=True)` writes the {capacity} steps "
-                "it still holds",
-            )
+            raise self._lost(moved, capacity)
         if moved == 0 and (first_wrap or overwritten):
             return capacity
         return moved
@@ -386,6 +411,7 @@ class Vault:
         dest_start: int | None = None,
         *,
         skip_lost: bool = False,
+        added: int | None = None,
     ) -> int:
         """Appends the steps added to the buffer since the last write (or since the vault was
         opened), in one atomic transaction with the new `vault_index`.
@@ -400,13 +426,18 @@ class Vault:
         - `dest_start`: where to write in the vault (default: at its end, `vault_index`).
         - `skip_lost`: if the buffer overwrote steps before they were written, write the
           steps it still holds instead of raising.
+        - `added`: optionally, how many steps (per row) were added to the buffer since the
+          last write (or since the vault was opened), counted by the caller. The state alone
+          cannot show how many times the buffer went round (Flashbax's state has no step
+          counter); with `added`, every loss is found, however many wraps.
 
         **Returns:** how many steps (per row) were written.
 
         **Raises:** `ValueError` if the state's structure differs from the vault's, if it
         holds fewer steps than at the last write, or if steps were lost (see `skip_lost`).
-        A buffer that moved by exactly a whole multiple of its capacity is written as one
-        capacity's worth: write at least once every `capacity` steps.
+        Without `added`, a buffer that moved by exactly a whole multiple of its capacity is
+        written as one capacity's worth: write at least once every `capacity` steps, or pass
+        `added`. With it, `added` must agree with how far the write head moved.
         """
         leaves, index, full = self._state_fields("write", fbx_state)
         capacity = leaves[0].shape[1]
@@ -421,8 +452,11 @@ class Vault:
             steps = (stop - start) % capacity if stop != start else 0
         else:
             try:
-                steps = self._steps_since_last_write(leaves, index, full)
-            except ValueError:
+                if added is None:
+                    steps = self._steps_since_last_write(leaves, index, full)
+                else:
+                    steps = self._steps_counted(capacity, index, full, added)
+            except _Lost:
                 if not skip_lost:
                     raise
                 steps = capacity

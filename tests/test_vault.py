@@ -143,6 +143,31 @@ def test_overwritten_steps_are_an_error_naming_them(here: Any) -> None:
     assert reread.vault_index == 5 + CAPACITY
 
 
+def test_steps_counted_by_the_caller_find_every_loss(here: Any) -> None:
+    buffer = trajectory_buffer()
+    state = buffer.add(buffer.init(EXAMPLE), numbered_u8(0, 5))
+    vault = Vault("v", experience_structure=state.experience, vault_uid="a")
+    assert vault.write(state, added=5) == 5
+    # Two whole wraps leave the write head where it was: without `added` that reads as one
+    # capacity's worth (documented); with it, the lost steps are named.
+    for i in range(2):
+        state = buffer.add(state, numbered_u8(5 + i * CAPACITY, CAPACITY))
+    lost = rf"at least {CAPACITY} steps of every row \(vault steps 5 to {4 + CAPACITY} or more\)"
+    with pytest.raises(ValueError, match=lost):
+        vault.write(state, added=2 * CAPACITY)
+    assert vault.vault_index == 5
+    with pytest.raises(ValueError, match=r"`added` \(3\) does not match the buffer's write head"):
+        vault.write(state, added=3)
+    with pytest.raises(ValueError, match=r"`added` must be an int >= 0; got -1"):
+        vault.write(state, added=-1)
+    assert vault.write(state, added=2 * CAPACITY, skip_lost=True) == CAPACITY
+    state = buffer.add(state, numbered_u8(5 + 2 * CAPACITY, 3))
+    assert vault.write(state, added=3) == 3
+    ids = np.asarray(vault.read().experience.extras["id"])
+    expected = np.array([*range(5), *range(5 + CAPACITY, 5 + 2 * CAPACITY + 3)])
+    np.testing.assert_array_equal(ids, expected[None, :] * 10 + np.arange(ROWS)[:, None])
+
+
 def test_a_state_that_is_not_a_continuation_is_refused(here: Any) -> None:
     buffer = trajectory_buffer()
     state = buffer.add(buffer.init(EXAMPLE), numbered_u8(0, 5))
