@@ -69,18 +69,24 @@ def bits(key: PRNGKeyArray, shape: tuple[int, ...]) -> UInt32[Array, "*shape"]:
     return (high ^ low).reshape(shape)
 
 
+def _keys_at(key: PRNGKeyArray, words: UInt32[Array, "2"], counters: Array) -> Array:
+    """The keys JAX derives from `key` at `counters`: the Threefry hash of each counter pair
+    `(0, counter)` under the key is a new key's two words (`fold_in`, and `split` in JAX's
+    partitionable mode), wrapped like `key`."""
+    low = counters.astype(jnp.uint32)
+    new = jnp.stack(_threefry2x32(words, jnp.zeros_like(low), low), axis=-1)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jr.wrap_key_data(new, impl=jr.key_impl(key))
+    return new
+
+
 def fold_in(key: PRNGKeyArray, data: Int[ArrayLike, ""]) -> PRNGKeyArray:
     """Exactly `jax.random.fold_in(key, data)` for a non-negative int32 `data`, computed
     without a loop for Threefry keys."""
     words = _threefry_key(key)
     if words is None:
         return jr.fold_in(key, data)
-    # JAX hashes the counter pair (0, data) under the key: the two words are the new key.
-    high, low = _threefry2x32(words, jnp.uint32(0), jnp.asarray(data).astype(jnp.uint32))
-    new = jnp.stack([high, low])
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jr.wrap_key_data(new, impl=jr.key_impl(key))
-    return new
+    return _keys_at(key, words, jnp.asarray(data))
 
 
 def split(key: PRNGKeyArray, num: int) -> Key[Array, " {num}"] | UInt32[Array, "{num} 2"]:
@@ -89,12 +95,7 @@ def split(key: PRNGKeyArray, num: int) -> Key[Array, " {num}"] | UInt32[Array, "
     partitionable = jax.config.jax_threefry_partitionable  # pyright: ignore[reportAttributeAccessIssue]
     if words is None or not partitionable:
         return jr.split(key, num)
-    # Key `i` is the hash of the counter pair (0, i): `fold_in(key, i)` for every `i` at once.
-    low = jnp.arange(num, dtype=jnp.uint32)
-    new = jnp.stack(_threefry2x32(words, jnp.zeros_like(low), low), axis=1)
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jr.wrap_key_data(new, impl=jr.key_impl(key))
-    return new
+    return _keys_at(key, words, jnp.arange(num))
 
 
 def uniform(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*shape"]:
