@@ -4,32 +4,36 @@ and with Flashbax's: environment steps per second, and the final evaluation retu
 Run it from the repository root, in an environment with eqx_replay, Flashbax, gymnax and
 optax (`pip install -e ".[examples,bench]"`):
 
-    python benchmarks/dqn_flashbax.py                # the example's defaults: ~1-2 minutes
-    python benchmarks/dqn_flashbax.py --seeds 0,1,2  # one pair of agents per seed
+    python benchmarks/dqn_flashbax.py                # the example's defaults: ~2-3 minutes
+    python benchmarks/dqn_flashbax.py --seeds 0,1,2  # one set of agents per seed
+    python benchmarks/dqn_flashbax.py --settings purejaxrl  # PureJaxRL's DQN hyperparameters
     python benchmarks/dqn_flashbax.py --tiny         # seconds; CI runs it to keep it working
 
-Method. Both agents are the example's `make_dqn` with the same `Config` (network,
-hyperparameters, seed); only the module whose `make_flat_buffer` builds the buffer differs.
-Each runs the example's compiled chunk, one `lax.scan` of act-add-sample-learn steps whose
-carry (agent and buffer state) is donated to the outer `eqx.filter_jit`, so both buffers
-are updated in place the same way (Flashbax's own `add` does not donate, but inside the
-scan it need not: neither compiled chunk holds a copy of the buffer's storage). The first
-chunk of each (compilation, and the steps before learning starts) is not timed; then the
-chunks alternate between the two libraries, the order swapped every chunk, each timed to
-`jax.block_until_ready`. Env steps/s is the timed chunks' steps over their total time. The
-final return is the greedy policy's mean over the example's evaluation episodes, with the
-final parameters.
+Method. The agents are the example's `make_dqn` with the same `Config` (network,
+hyperparameters, seed); only the module whose `make_flat_buffer` builds the buffer differs:
+eqx_replay, Flashbax, and `no buffer`, a stand-in that stores nothing and returns fixed
+pairs, which cannot learn but bounds from above what any buffer could make of the loop's
+speed (the environments, acting and gradient steps are unchanged). Each runs the example's
+compiled chunk, one `lax.scan` of act-add-sample-learn steps whose carry (agent and buffer
+state) is donated to the outer `eqx.filter_jit`, so both buffers are updated in place the
+same way (Flashbax's own `add` does not donate, but inside the scan it need not: neither
+compiled chunk holds a copy of the buffer's storage). The first chunk of each (compilation,
+and the steps before learning starts) is not timed; then the chunks alternate between the
+agents, the order rotated every round, each timed to `jax.block_until_ready`. Env steps/s
+is the timed chunks' steps over their total time. The final return is the greedy policy's
+mean over the example's evaluation episodes, with the final parameters.
 
 A second table times the buffer's work alone: one scan of the same adds (`num_envs`
 transitions per step) and samples (`updates_per_train` batches every `train_every` env
 steps) on a full buffer, without environments or networks, so the share of the training
 step that the buffer takes can be read off.
 
-Measured with `--seeds 0,1,2` (2 shared CPU cores, JAX 0.10.2, Flashbax 0.1.3): 6,317 env
-steps/s with eqx_replay against 6,113 with Flashbax (ratio 1.03), and all six agents reach
-a final return of at least 493 of 500. The buffer's work alone is 5.28 µs per env step with
-eqx_replay against 8.85 µs with Flashbax (1.68x), but it is only 3-5% of a training step:
-the gradient steps of the Q-network are the rest, so even a free buffer would give ~1.05x.
+Measured with `--seeds 0,1,2` (2 shared CPU cores, JAX 0.10.2, Flashbax 0.1.3): 6,095 env
+steps/s with eqx_replay, 5,815 with Flashbax (1.05x) and 6,046 with no buffer (1.04x), and
+all six real agents reach a final return of at least 493 of 500. With `--settings purejaxrl`:
+35,555, 34,296 and 35,436 (1.04x and 1.03x), all six at 500. eqx_replay is at the ceiling:
+the buffer's work alone is 1.4x (2.4x) cheaper than Flashbax's, but on a CPU the Q-network's
+gradient steps take 95% or more of a training step.
 """
 
 import argparse
@@ -54,6 +58,57 @@ import eqx_replay
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "dqn_cartpole.py"
 LIBRARIES: dict[str, ModuleType] = {"eqx_replay": eqx_replay, "flashbax": flashbax}
+CEILING = "no buffer"
+
+
+class _Pair(NamedTuple):
+    first: Any
+    second: Any
+
+
+class _Sample(NamedTuple):
+    experience: _Pair
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoBuffer:
+    """A stand-in for a flat buffer that does no work: `add` stores nothing and `sample`
+    returns the same pairs every time, slices at fixed places of the (never written)
+    storage. It does not learn; it bounds from above how fast any buffer could make the
+    loop, since everything else (environments, acting, gradient steps) is unchanged."""
+
+    inner: Any
+    sample_batch_size: int
+
+    def init(self, example: Any) -> Any:
+        return self.inner.init(example)
+
+    def add(self, state: Any, batch: Any) -> Any:
+        del batch
+        return state
+
+    def can_sample(self, state: Any) -> jax.Array:
+        del state
+        return jnp.bool_(True)
+
+    def sample(self, state: Any, key: jax.Array) -> _Sample:
+        del key
+
+        def pairs(leaf: jax.Array, shift: int) -> jax.Array:
+            steps = jnp.arange(self.sample_batch_size) % (leaf.shape[1] - 1) + shift
+            return leaf[0, steps]
+
+        first = jax.tree.map(lambda leaf: pairs(leaf, 0), state.experience)
+        second = jax.tree.map(lambda leaf: pairs(leaf, 1), state.experience)
+        return _Sample(_Pair(first, second))
+
+
+class _NoBufferModule:
+    """What `make_dqn` takes as its `replay` module, making `_NoBuffer`s."""
+
+    @staticmethod
+    def make_flat_buffer(**kwargs: Any) -> _NoBuffer:
+        return _NoBuffer(eqx_replay.make_flat_buffer(**kwargs), kwargs["sample_batch_size"])
 
 
 def load_example() -> Any:
@@ -75,9 +130,13 @@ class Result(NamedTuple):
     first_chunk: float
 
 
-def train_pair(dqn_cartpole: Any, config: Any) -> dict[str, Result]:
-    """Trains one agent per library on `config`, alternating chunks."""
-    agents = {name: dqn_cartpole.make_dqn(config, lib) for name, lib in LIBRARIES.items()}
+def train_pair(dqn_cartpole: Any, config: Any, ceiling: bool = False) -> dict[str, Result]:
+    """Trains one agent per library on `config`, alternating chunks; with `ceiling`, also
+    one on `_NoBuffer`, the bound on what any buffer could give."""
+    replays: dict[str, Any] = dict(LIBRARIES)
+    if ceiling:
+        replays[CEILING] = _NoBufferModule
+    agents = {name: dqn_cartpole.make_dqn(config, lib) for name, lib in replays.items()}
     key, eval_key = jr.split(jr.key(config.seed))
     states, first_chunk = {}, {}
     for name, agent in agents.items():
@@ -93,7 +152,7 @@ def train_pair(dqn_cartpole: Any, config: Any) -> dict[str, Result]:
             states[name], _ = agents[name].train_chunk(states[name])
             jax.block_until_ready(states[name])
             seconds[name] += time.perf_counter() - start
-        order.reverse()
+        order = order[1:] + order[:1]
     timed_steps = (config.num_chunks - 1) * config.steps_per_chunk * config.num_envs
     results = {}
     for name in agents:
@@ -158,30 +217,66 @@ def buffer_only(config: Any, lib: ModuleType, rounds: int) -> float:
     return statistics.median(times) / (phases * steps_per_train * config.num_envs)
 
 
+# PureJaxRL's DQN on CartPole-v1 (purejaxrl/dqn.py, its default config), in the example's
+# terms: 10 environments, a 10,000-transition buffer, batches of 128, one gradient step every
+# vectorised step after 10,000 env steps, Adam at a constant 2.5e-4 without clipping, the
+# target copied every 500 env steps (50 updates), epsilon from 1 to 0.05 over 250,000 env
+# steps, plain DQN (no double or dueling heads). One difference: both hidden layers are 120
+# wide here (PureJaxRL: 120 then 84), since the example's MLP has one width.
+PUREJAXRL = {
+    "total_steps": 500_000,
+    "num_envs": 10,
+    "buffer_size": 10_000,
+    "batch_size": 128,
+    "learning_starts": 10_000,
+    "train_every": 10,
+    "updates_per_train": 1,
+    "lr": 2.5e-4,
+    "lr_end": 2.5e-4,
+    "max_grad_norm": float("inf"),
+    "width": 120,
+    "depth": 2,
+    "eps_end": 0.05,
+    "eps_decay_steps": 250_000,
+    "target_every": 50,
+    "tau": 1.0,
+    "double_dqn": False,
+    "dueling": False,
+}
+TINY = {
+    "total_steps": 3 * 1024,
+    "num_chunks": 3,
+    "buffer_size": 2048,
+    "batch_size": 32,
+    "learning_starts": 256,
+    "train_every": 256,
+    "updates_per_train": 4,
+    "width": 16,
+    "eval_episodes": 4,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="DQN with eqx_replay and Flashbax, side by side.")
     parser.add_argument("--tiny", action="store_true", help="a few seconds, for CI")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument(
+        "--settings",
+        choices=["example", "purejaxrl"],
+        default="example",
+        help="the example's defaults, or PureJaxRL's DQN hyperparameters",
+    )
     args = parser.parse_args()
     dqn_cartpole = load_example()
     config = dqn_cartpole.Config()
+    if args.settings == "purejaxrl":
+        config = dataclasses.replace(config, **PUREJAXRL)
     if args.tiny:
-        config = dataclasses.replace(
-            config,
-            total_steps=3 * 1024,
-            num_chunks=3,
-            buffer_size=2048,
-            batch_size=32,
-            learning_starts=256,
-            train_every=256,
-            updates_per_train=4,
-            width=16,
-            eval_episodes=4,
-        )
+        config = dataclasses.replace(config, **TINY)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print(
-        f"DQN on CartPole-v1: {config.total_steps:,} env steps, {config.num_envs} envs, "
-        f"buffer {config.buffer_size:,}, batch {config.batch_size}, "
+        f"DQN on CartPole-v1 ({args.settings} settings): {config.total_steps:,} env steps, "
+        f"{config.num_envs} envs, buffer {config.buffer_size:,}, batch {config.batch_size}, "
         f"{config.updates_per_train} updates every {config.train_every} env steps, "
         f"MLP {config.depth}x{config.width}; jax {jax.__version__}, "
         f"{jax.devices()[0].platform}"
@@ -189,9 +284,9 @@ def main() -> None:
     print()
     print("| seed | library | env steps/s | final eval return | first chunk (compiles) |")
     print("|---:|---|---:|---:|---:|")
-    speeds: dict[str, list[float]] = {name: [] for name in LIBRARIES}
+    speeds: dict[str, list[float]] = {name: [] for name in [*LIBRARIES, CEILING]}
     for seed in seeds:
-        results = train_pair(dqn_cartpole, dataclasses.replace(config, seed=seed))
+        results = train_pair(dqn_cartpole, dataclasses.replace(config, seed=seed), ceiling=True)
         for name, result in results.items():
             speeds[name].append(result.speed)
             print(
@@ -202,6 +297,11 @@ def main() -> None:
     print()
     print(
         f"ratio eqx_replay / flashbax, env steps/s: {speed['eqx_replay'] / speed['flashbax']:.2f}"
+    )
+    print(
+        f"ceiling, {CEILING} / flashbax, env steps/s: {speed[CEILING] / speed['flashbax']:.2f} "
+        f"(the most any buffer could give this loop; `{CEILING}` stores nothing and trains on "
+        "fixed batches, so its return means nothing)"
     )
     print()
     print("The buffer's work alone: the same adds and samples, on a full buffer.")

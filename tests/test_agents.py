@@ -46,10 +46,15 @@ def test_dqn_cartpole_tiny(tmp_path):
 
 
 def test_dqn_flashbax_tiny():
-    stdout = run("benchmarks/dqn_flashbax.py", "--tiny")
+    # PureJaxRL's settings, cut down by `--tiny`: the example's defaults are `Config()`.
+    stdout = run("benchmarks/dqn_flashbax.py", "--tiny", "--settings", "purejaxrl")
     for library in ["eqx_replay", "flashbax"]:
         assert re.search(
             rf"^\| 0 \| {library} \| [\d,]+ \| \d+\.\d \| [\d.]+ s \|$", stdout, re.MULTILINE
         ), stdout
         assert re.search(rf"^\| {library} \| \d+\.\d\d \| \d+% \|$", stdout, re.MULTILINE), stdout
+    assert re.search(r"^\| 0 \| no buffer \| [\d,]+ \| \d+\.\d \| [\d.]+ s \|$", stdout, re.M), (
+        stdout
+    )
     assert "ratio eqx_replay / flashbax, env steps/s:" in stdout
+    assert "ceiling, no buffer / flashbax, env steps/s:" in stdout
