@@ -359,6 +359,27 @@ def _placements(buffer: AbstractBuffer, expected: PyTree) -> list[jax.sharding.S
     ]
 
 
+def _check_array_json(where: str, path: str) -> None:
+    """The JSON files that Orbax reads first (its metadata, the arrays' metadata), parsed
+    here: a damaged one is named, and Orbax's reads do not start (Orbax's own error for one
+    named no file, and its abandoned reads printed "Event loop is closed" tracebacks)."""
+    arrays = os.path.join(path, _ARRAYS)
+    metadatas = os.path.join(arrays, "array_metadatas")
+    files = [os.path.join(arrays, "_METADATA")]
+    if os.path.isdir(metadatas):
+        files += [os.path.join(metadatas, name) for name in sorted(os.listdir(metadatas))]
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as f:
+                json.load(f)
+        except FileNotFoundError:
+            continue  # Orbax's own error says what is missing
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"`{where}`: {path} is damaged: {file} is not readable JSON ({error})"
+            ) from None
+
+
 def _collect_orphans() -> None:
     """After a failed read, Orbax leaves coroutines to the garbage collector after their
     event loop has closed, and Python would print an "Exception ignored" report for each
@@ -423,6 +444,7 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
         jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement)
         for (_, x), placement in zip(leaves_with_paths, _placements(buffer, expected))
     ]
+    _check_array_json(where, path)
     checkpointer = _checkpointer(ocp)
     try:
         restored = checkpointer.restore(

@@ -297,6 +297,10 @@ def damage_cases(tmp_path: pathlib.Path) -> None:
     def bad_json(copy: pathlib.Path) -> None:
         (copy / "eqx_replay" / "metadata").write_text('{"format": "eqx_replay.sta')
 
+    def bad_array_json(copy: pathlib.Path) -> None:
+        for file in (copy / "state" / "array_metadatas").iterdir():
+            file.write_text('{"array_metadatas": [')
+
     def no_description(copy: pathlib.Path) -> None:
         os.remove(copy / "eqx_replay" / "metadata")
 
@@ -305,6 +309,7 @@ def damage_cases(tmp_path: pathlib.Path) -> None:
 
     cases = {
         bad_json: r"is damaged: .*metadata is not readable JSON",
+        bad_array_json: r"is damaged: .*array_metadatas.* is not readable JSON",
         no_description: r"not a complete eqx_replay checkpoint: .*metadata is missing",
         no_arrays: r"is damaged: its arrays could not be read",
     }
