@@ -293,6 +293,20 @@ def _sync(path: str) -> None:
         os.close(fd)
 
 
+def _read_json(where: str, path: str, file: str) -> Any:
+    """The JSON in `file` of the checkpoint at `path`; `FileNotFoundError` if it is not
+    there, and a `ValueError` naming it if it cannot be read or parsed."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"`{where}`: {path} is damaged: {file} is not readable JSON ({error})"
+        ) from None
+
+
 def _read_description(where: str, path: str) -> dict[str, Any]:
     if not os.path.isdir(path):
         unfinished = [
@@ -304,15 +318,10 @@ def _read_description(where: str, path: str) -> dict[str, Any]:
         raise FileNotFoundError(f"`{where}`: no checkpoint at {path}{hint}")
     file = os.path.join(path, _DESCRIPTION, "metadata")
     try:
-        with open(file) as f:
-            description = json.load(f)
+        description = _read_json(where, path, file)
     except FileNotFoundError:
         raise ValueError(
             f"`{where}`: {path} is not a complete eqx_replay checkpoint: {file} is missing"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"`{where}`: {path} is damaged: {file} is not readable JSON ({error})"
         ) from None
     if not isinstance(description, dict) or description.get("format") != _FORMAT:
         raise ValueError(f"`{where}`: {path} is not an eqx_replay checkpoint ({file})")
@@ -370,14 +379,9 @@ def _check_array_json(where: str, path: str) -> None:
         files += [os.path.join(metadatas, name) for name in sorted(os.listdir(metadatas))]
     for file in files:
         try:
-            with open(file, encoding="utf-8") as f:
-                json.load(f)
+            _read_json(where, path, file)
         except FileNotFoundError:
             continue  # Orbax's own error says what is missing
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"`{where}`: {path} is damaged: {file} is not readable JSON ({error})"
-            ) from None
 
 
 def _collect_orphans() -> None:
