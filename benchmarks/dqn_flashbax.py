@@ -64,15 +64,6 @@ LIBRARIES: dict[str, ModuleType] = {"eqx_replay": eqx_replay, "flashbax": flashb
 NO_BUFFER = "no buffer"
 
 
-class _Pair(NamedTuple):
-    first: Any
-    second: Any
-
-
-class _Sample(NamedTuple):
-    experience: _Pair
-
-
 @dataclasses.dataclass(frozen=True)
 class _NoBuffer:
     """A stand-in for a flat buffer that does no work: `add` stores nothing and `sample`
@@ -94,7 +85,7 @@ class _NoBuffer:
         del state
         return jnp.bool_(True)
 
-    def sample(self, state: Any, key: jax.Array) -> _Sample:
+    def sample(self, state: Any, key: jax.Array) -> eqx_replay.TransitionSample:
         del key
 
         def pairs(leaf: jax.Array, shift: int) -> jax.Array:
@@ -103,7 +94,7 @@ class _NoBuffer:
 
         first = jax.tree.map(lambda leaf: pairs(leaf, 0), state.experience)
         second = jax.tree.map(lambda leaf: pairs(leaf, 1), state.experience)
-        return _Sample(_Pair(first, second))
+        return eqx_replay.TransitionSample(eqx_replay.ExperiencePair(first, second))
 
 
 class _NoBufferModule:
