@@ -148,7 +148,8 @@ class PrioritisedTrajectoryBuffer(
         """**Arguments:** those of `TrajectoryBuffer`, and
 
         - `priority_exponent`: windows are drawn in proportion to
-            `priority ** priority_exponent` (0 gives uniform sampling over valid windows).
+            `priority ** priority_exponent` (0 gives uniform sampling over the valid windows
+            whose priority is not 0).
 
         With `sharding`, each device keeps a sum tree over its own rows and draws
         `sample_batch_size / n` windows from it: a window of device `d` is drawn by one of

@@ -57,8 +57,8 @@ def priority_leaves(
     """What a tree of `num_leaves` items stores for non-negative finite `priorities`:
     `priorities ** exponent`, with a positive priority's value kept in
     `[SMALLEST, largest_leaf(num_leaves)]` (so a positive priority always stays sampleable,
-    and the total finite), and zero for a zero priority (1 when `exponent` is 0, as
-    `0 ** 0`).
+    and the total finite), and zero for a zero priority, whatever the exponent (as
+    Flashbax: an item set to priority 0 is never drawn, also when `exponent` is 0).
 
     A subnormal priority counts as positive: its logarithm is read from its bits, because
     the CPU treats the subnormal itself as zero.
@@ -72,7 +72,7 @@ def priority_leaves(
         subnormal, jnp.exp(np.float32(exponent) * log_subnormal), priorities**exponent
     )
     kept = jnp.clip(values, SMALLEST, largest_leaf(num_leaves))
-    return jnp.where(positive, kept, jnp.zeros_like(priorities) ** exponent)
+    return jnp.where(positive, kept, jnp.zeros_like(priorities))
 
 
 def _level_sizes(num_leaves: int) -> list[int]:

@@ -112,8 +112,26 @@ def test_priority_leaves_are_exact_inside_the_range_and_clipped_outside():
     got = np.asarray(priority_leaves(values, 2.0, ITEMS))
     assert got[0] == 0 and got[1] == SMALLEST and got[2] == SMALLEST  # underflows
     assert got[3] == 0.25 and got[4] == 16 and got[5] == largest  # 1e60 overflows
-    # With exponent 0 every priority, zero included, is 1 (`0 ** 0`), as in Flashbax.
-    np.testing.assert_array_equal(np.asarray(priority_leaves(values, 0.0, ITEMS)), 1.0)
+    # With exponent 0 every positive priority is 1 and zero stays zero, as in Flashbax
+    # (`where(p == 0, 0, p ** a)`), not `0 ** 0 = 1`.
+    np.testing.assert_array_equal(
+        np.asarray(priority_leaves(values, 0.0, ITEMS)), [0, 1, 1, 1, 1, 1]
+    )
+
+
+def test_exponent_zero_never_draws_an_item_set_to_priority_zero():
+    buffer, state = full_prioritised(0.0)
+    priorities = jnp.asarray([0.0, 5.0, 0.0, 1e-3] * (ITEMS // 4), jnp.float32)
+    state = buffer.set_priorities(state, jnp.arange(ITEMS), priorities)
+    zero = np.asarray(priorities) == 0
+    for seed in range(8):
+        sample = buffer.sample(state, jr.key(seed))
+        assert not np.any(zero[np.asarray(sample.indices) % ITEMS])
+        # Every positive priority is equally likely: uniform over the positive half.
+        np.testing.assert_allclose(np.asarray(sample.probabilities), 2 / ITEMS, rtol=1e-6)
+    # All set to zero: nothing can be drawn.
+    state = buffer.set_priorities(state, jnp.arange(ITEMS), jnp.zeros(ITEMS))
+    assert not bool(buffer.can_sample(state))
 
 
 # 2. int32 index limits.
