@@ -106,5 +106,6 @@ class PrioritisedReference:
                 and np.isfinite(value)
                 and value >= 0
             ):
-                self.priority[item] = value**self.exponent
+                # Zero stays zero whatever the exponent (Flashbax's `where(p == 0, 0, p ** a)`).
+                self.priority[item] = value**self.exponent if value > 0 else np.float32(0)
                 self.max_priority = max(self.max_priority, self.priority[item])
