@@ -49,7 +49,7 @@ class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
         """The state with `batch` stored."""
 
     @abc.abstractmethod
-    def can_sample(self, state: _State) -> Bool[Array, ""]:
+    def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
         """Whether `sample` returns data rather than poison."""
 
     @abc.abstractmethod

@@ -19,6 +19,8 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, PyTree
 
+from ._data import AbstractState
+
 
 def _path(path: tuple[Any, ...]) -> str:
     return jtu.keystr(path) if path else "<root>"
@@ -312,3 +314,44 @@ def check_beta(where: str, beta: Any) -> None:
     value = float(beta)
     if not 0 <= value <= 1:
         raise ValueError(f"`{where}`: `beta` must be in [0, 1]; got {value}")
+
+
+def per_buffer(
+    where: str,
+    state: Any,
+    check: Callable[[str, Any], None],
+    query: Callable[[Any], Array],
+) -> Array:
+    """A read-only query (`can_sample`, `can_add`) of a state that may carry batch axes in
+    front of every field, as the states that `jax.pmap(buffer.add)` returns do: checked
+    as one buffer's state, answered once per buffer (as Flashbax's elementwise queries
+    are). `add` and `sample` keep their strict checks.
+
+    **Arguments:**
+
+    - `check`: the buffer's state check, `check(where, state)`, applied to one buffer's
+      part (as shapes).
+    - `query`: the query of one buffer's state.
+
+    **Returns:** the answers, shaped as the batch axes (a scalar for one buffer's state).
+    """
+    axes = jnp.ndim(state.is_full) if isinstance(state, AbstractState) else 0
+    if not axes:
+        check(where, state)
+        return query(state)
+    leaves = jtu.tree_flatten_with_path(state)[0]
+    batch = tuple(jnp.shape(state.is_full))
+    for path, leaf in leaves:
+        if tuple(jnp.shape(leaf))[:axes] != batch:
+            raise ValueError(
+                f"`{where}`: state leaf {_path(path)} has shape {shape_str(jnp.shape(leaf))}; "
+                f"expected batch axes {shape_str(batch)} in front of every field, as "
+                f"`is_full` has"
+            )
+    check(
+        where,
+        jtu.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[axes:], x.dtype), state),
+    )
+    for _ in range(axes):
+        query = jax.vmap(query)
+    return query(state)

@@ -1,6 +1,7 @@
 """The base of the Modules that carry a buffer's arrays in and out of every call."""
 
 import equinox as eqx
+from jaxtyping import Array, Bool
 
 
 class Data(eqx.Module):
@@ -21,3 +22,11 @@ class Data(eqx.Module):
     """
 
     __getattribute__ = object.__getattribute__
+
+
+class AbstractState(Data):
+    """A buffer's state. Every kind's state says whether its ring has wrapped, a scalar in
+    one buffer's state: the number of axes of `is_full` is the number of batch axes that
+    `jax.pmap(buffer.add)` or `jax.vmap` put in front of every field."""
+
+    is_full: eqx.AbstractVar[Bool[Array, ""]]

@@ -15,7 +15,7 @@ import equinox as eqx
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
 
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
-from ._checks import check_key
+from ._checks import check_key, per_buffer
 from ._guard import poison_sample
 from ._jit import compiled_method
 from ._prioritised import PrioritisedTrajectoryBuffer
@@ -54,11 +54,11 @@ class AbstractLayeredBuffer(AbstractReplayBuffer):
         return self.buffer._write(where, state, self._rows(where, state.experience, batch))
 
     @compiled_method()
-    def can_sample(self, state: Any) -> Bool[Array, ""]:
+    def can_sample(self, state: Any) -> Bool[Array, "*batch"]:
         """Whether `min_length` items have been added (and, when prioritised, some has a
         positive priority)."""
-        self._check_state(f"{type(self).__name__}.can_sample", state)
-        return self._can_sample(state)
+        where = f"{type(self).__name__}.can_sample"
+        return per_buffer(where, state, self._check_state, self._can_sample)
 
     @compiled_method()
     def sample(self, state: Any, rng_key: ArrayLike) -> Any:

@@ -11,6 +11,7 @@ the `probabilities` the mixed sample reports, so `importance_weights` corrects f
 mixture (Flashbax reports `p_i`, which biases the correction between buffers).
 """
 
+import functools as ft
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool
 
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
-from ._checks import check_key, check_priorities
+from ._checks import check_key, check_priorities, per_buffer
 from ._config import mixer_config
 from ._guard import poison_sample
 from ._jit import compiled_method
@@ -71,10 +72,17 @@ class Mixer(eqx.Module):
         return list(states)
 
     @compiled_method()
-    def can_sample(self, states: Sequence[Any]) -> Bool[Array, ""]:
-        """Whether every buffer can be sampled."""
-        states = self._check_states("Mixer.can_sample", states)
-        return self._can_sample(states)
+    def can_sample(self, states: Sequence[Any]) -> Bool[Array, "*batch"]:
+        """Whether every buffer can be sampled (elementwise over batch axes in front of
+        the states' fields, as `jax.pmap(buffer.add)` gives them)."""
+        where = "Mixer.can_sample"
+        if not isinstance(states, (list, tuple)) or len(states) != len(self.buffers):
+            self._check_states(where, states)  # raises, naming what came
+        answers = [
+            per_buffer(where, state, buffer._check_state, buffer._can_sample)
+            for buffer, state in zip(self.buffers, states)
+        ]
+        return ft.reduce(jnp.logical_and, answers)
 
     def _can_sample(self, states: list[Any]) -> Bool[Array, ""]:
         return jnp.all(jnp.stack([b._can_sample(s) for b, s in zip(self.buffers, states)]))

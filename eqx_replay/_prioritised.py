@@ -22,9 +22,10 @@ from ._checks import (
     check_priorities,
     check_state,
     check_unsplit,
+    per_buffer,
 )
 from ._config import Boundary, donate_flag, episode_config, prioritised_config
-from ._data import Data
+from ._data import AbstractState, Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_sample
 from ._jit import compiled_method
@@ -44,7 +45,7 @@ from ._windows import Drawn, Grid, is_valid, item_windows, update_items, window_
 
 
 @jaxtyped(typechecker=beartype)
-class PrioritisedTrajectoryBufferState(Data):
+class PrioritisedTrajectoryBufferState(AbstractState):
     """What a prioritised trajectory buffer stores.
 
     **Fields:**
@@ -305,11 +306,12 @@ class PrioritisedTrajectoryBuffer(
         )
 
     @compiled_method()
-    def can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
+    def can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, "*batch"]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
         some window has a positive priority."""
-        self._check_state("PrioritisedTrajectoryBuffer.can_sample", state)
-        return self._can_sample(state)
+        return per_buffer(
+            "PrioritisedTrajectoryBuffer.can_sample", state, self._check_state, self._can_sample
+        )
 
     def _can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)

@@ -20,16 +20,16 @@ from jaxtyping import Array, Bool, Int, jaxtyped, PyTree, Shaped
 
 from . import _ring
 from ._base import AbstractBuffer
-from ._checks import check_batch, check_example, check_state, check_unsplit
+from ._checks import check_batch, check_example, check_state, check_unsplit, per_buffer
 from ._config import donate_flag, queue_config
-from ._data import Data
+from ._data import AbstractState, Data
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sharding import local, shard_config, sharded_empty, sharded_read, sharded_write, Shards
 
 
 @jaxtyped(typechecker=beartype)
-class TrajectoryQueueState(Data):
+class TrajectoryQueueState(AbstractState):
     """What a trajectory queue stores.
 
     **Fields:**
@@ -211,17 +211,18 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         )
 
     @compiled_method()
-    def can_add(self, state: TrajectoryQueueState) -> Bool[Array, ""]:
+    def can_add(self, state: TrajectoryQueueState) -> Bool[Array, "*batch"]:
         """Whether an add of `add_sequence_length` steps fits without overwriting unread
         steps."""
-        self._check_state("TrajectoryQueue.can_add", state)
+        return per_buffer("TrajectoryQueue.can_add", state, self._check_state, self._can_add)
+
+    def _can_add(self, state: TrajectoryQueueState) -> Bool[Array, ""]:
         return self.add_sequence_length <= self.max_length_time_axis - self._unread(state)
 
     @compiled_method()
-    def can_sample(self, state: TrajectoryQueueState) -> Bool[Array, ""]:
+    def can_sample(self, state: TrajectoryQueueState) -> Bool[Array, "*batch"]:
         """Whether `sample_sequence_length` unread steps are stored."""
-        self._check_state("TrajectoryQueue.can_sample", state)
-        return self._can_sample(state)
+        return per_buffer("TrajectoryQueue.can_sample", state, self._check_state, self._can_sample)
 
     def _can_sample(self, state: TrajectoryQueueState) -> Bool[Array, ""]:
         return self._unread(state) >= self.sample_sequence_length

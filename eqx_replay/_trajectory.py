@@ -13,7 +13,14 @@ from jaxtyping import Array, ArrayLike, Bool, Int, jaxtyped, PRNGKeyArray, PyTre
 
 from . import _ring
 from ._base import AbstractReplayBuffer
-from ._checks import check_batch, check_example, check_key, check_state, check_unsplit
+from ._checks import (
+    check_batch,
+    check_example,
+    check_key,
+    check_state,
+    check_unsplit,
+    per_buffer,
+)
 from ._config import (
     Boundary,
     check_items,
@@ -22,7 +29,7 @@ from ._config import (
     grid_capacity,
     trajectory_config,
 )
-from ._data import Data
+from ._data import AbstractState, Data
 from ._episodes import check_ends, sample_mask, stored_ends
 from ._guard import poison_sample
 from ._jit import compiled_method
@@ -40,7 +47,7 @@ from ._windows import Drawn, Grid, item_windows, update_items
 
 
 @jaxtyped(typechecker=beartype)
-class TrajectoryBufferState(Data):
+class TrajectoryBufferState(AbstractState):
     """What a trajectory buffer stores.
 
     **Fields:**
@@ -303,11 +310,10 @@ class TrajectoryBuffer(AbstractReplayBuffer[TrajectoryBufferState, TrajectoryBuf
         return TrajectoryBufferState(experience, current_index, is_full)
 
     @compiled_method()
-    def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
+    def can_sample(self, state: TrajectoryBufferState) -> Bool[Array, "*batch"]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped); with
         `boundary="strict"`, also whether some window lies inside one episode."""
-        self._check_state("TrajectoryBuffer.can_sample", state)
-        return self._can_sample(state)
+        return per_buffer("TrajectoryBuffer.can_sample", state, self._check_state, self._can_sample)
 
     def _can_sample(self, state: TrajectoryBufferState) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)

@@ -91,6 +91,83 @@ def test_vmap_and_pmap_run_independent_buffers(transform):
         assert bool(can[i])
 
 
+def _query_kinds() -> dict[str, tuple[Any, Any, int]]:
+    """kind -> (buffer, one add's batch for one buffer, adds until it can be sampled)."""
+    step = {"obs": jnp.ones(2, jnp.float32), "step": jnp.int32(1)}
+    rows = jax.tree.map(lambda x: jnp.stack([x] * ROWS), step)
+    pieces = jax.tree.map(lambda x: jnp.stack([x] * 2, axis=1), rows)
+    flat: dict[str, Any] = dict(
+        max_length=12, min_length=4, sample_batch_size=4, add_batch_size=ROWS
+    )
+    items: dict[str, Any] = dict(max_length=12, min_length=4, sample_batch_size=4)
+    return {
+        "trajectory": (make_buffer(), pieces, 2),
+        "prioritised": (
+            eqx_replay.make_prioritised_trajectory_buffer(
+                add_batch_size=ROWS,
+                sample_batch_size=5,
+                sample_sequence_length=LENGTH,
+                period=2,
+                min_length_time_axis=LENGTH,
+                max_length_time_axis=CAPACITY,
+            ),
+            pieces,
+            2,
+        ),
+        "flat": (eqx_replay.make_flat_buffer(**flat), rows, 2),
+        "prioritised-flat": (eqx_replay.make_prioritised_flat_buffer(**flat), rows, 2),
+        "item": (eqx_replay.make_item_buffer(**items), step, 4),
+        "prioritised-item": (eqx_replay.make_prioritised_item_buffer(**items), step, 4),
+        "queue": (
+            eqx_replay.make_trajectory_queue(
+                max_length_time_axis=8,
+                add_batch_size=ROWS,
+                add_sequence_length=2,
+                sample_sequence_length=4,
+            ),
+            pieces,
+            2,
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_query_kinds()))
+def test_queries_of_pmapped_states_answer_per_buffer(kind):
+    # `jax.pmap(buffer.add)` returns the devices' states stacked; `can_sample` (and
+    # `can_add`) of that state, outside `pmap`, answer per buffer as Flashbax's do, while
+    # `add` and `sample` refuse it.
+    buffer, batch, adds = _query_kinds()[kind]
+    per_device = jax.tree.map(lambda x: jnp.stack([x, x]), batch)
+    states = jax.pmap(buffer.init)(jax.tree.map(lambda x: jnp.stack([x, x]), example()))
+    np.testing.assert_array_equal(buffer.can_sample(states), [False, False])
+    for _ in range(adds):
+        states = jax.pmap(buffer.add)(states, per_device)
+    np.testing.assert_array_equal(buffer.can_sample(states), [True, True])
+    if isinstance(buffer, eqx_replay.TrajectoryQueue):
+        np.testing.assert_array_equal(buffer.can_add(states), [True, True])
+    else:
+        mixer = eqx_replay.make_mixer([buffer, buffer], 4, [1, 1])
+        np.testing.assert_array_equal(mixer.can_sample([states, states]), [True, True])
+    # Two batch axes, buffers in different conditions: one answer each.
+    empty = nth(jax.pmap(buffer.init)(jax.tree.map(lambda x: jnp.stack([x, x]), example())), 0)
+    grid = jax.tree.map(lambda a, b: jnp.stack([jnp.stack([a, b])] * 3), nth(states, 0), empty)
+    np.testing.assert_array_equal(buffer.can_sample(grid), [[True, False]] * 3)
+    with pytest.raises(ValueError, match=r"state leaf .* has shape \(2, "):
+        buffer.add(states, batch)
+
+
+def test_queries_name_a_state_whose_batch_axes_disagree():
+    buffer = make_buffer()
+    states = jax.vmap(buffer.init)(jax.tree.map(lambda x: jnp.stack([x, x]), example()))
+    bad = eqx.tree_at(lambda s: s.current_index, states, jnp.zeros(3, jnp.int32))
+    with pytest.raises(
+        ValueError,
+        match=r"`TrajectoryBuffer.can_sample`: state leaf .current_index has shape \(3,\); "
+        r"expected batch axes \(2,\)",
+    ):
+        buffer.can_sample(bad)
+
+
 def test_scan_with_state_as_carry():
     buffer = make_buffer()
     data = batches(7, 3)
