@@ -125,8 +125,28 @@ def _donated_error(where: str) -> ValueError:
     )
 
 
-def _devices_error(where: str, names: tuple[str, ...], args: tuple, error: Exception) -> ValueError:
-    """The arguments committed to devices other than the first argument's (the state's)."""
+def _argument(names: tuple[str, ...], path: tuple[Any, ...]) -> str:
+    """A leaf of a call's positional arguments named as the caller wrote it:
+    `states[1].experience['obs']`."""
+    index = getattr(path[0], "idx", None) if path else None  # a `jtu.SequenceKey`'s
+    if isinstance(index, int) and index < len(names):
+        return names[index] + jtu.keystr(path[1:])
+    return "argument" + jtu.keystr(path[1:])
+
+
+def _ids(leaves: list[Any]) -> list[int]:
+    return sorted({d.id for leaf in leaves for d in leaf.sharding.device_set})
+
+
+def _devices_error(
+    where: str,
+    names: tuple[str, ...],
+    args: tuple,
+    error: Exception,
+    mesh: jax.sharding.Mesh | None,
+) -> ValueError:
+    """The arguments committed to devices other than the first argument's (the state's),
+    or, for a sharded buffer, a state placed on other devices than the buffer's mesh."""
     leaves = jtu.tree_flatten_with_path(args)[0]
     devices = [
         (path, leaf.sharding.device_set)
@@ -134,16 +154,16 @@ def _devices_error(where: str, names: tuple[str, ...], args: tuple, error: Excep
         if isinstance(leaf, jax.Array) and getattr(leaf, "committed", True)
     ]
     first = devices[0][1] if devices else None
-    elsewhere = [
-        (
-            names[path[0].idx]
-            if path and hasattr(path[0], "idx") and path[0].idx < len(names)
-            else "argument"
+    if mesh is not None and first is not None and first != set(mesh.devices.flat):
+        state = [leaf for (path, leaf) in leaves if path[0] == leaves[0][0][0]]
+        return ValueError(
+            f"`{where}`: the state is on devices {_ids(state)}, but this buffer's mesh is "
+            f"on devices {sorted(d.id for d in mesh.devices.flat)}: the state was made "
+            "by a buffer with another mesh. Use that buffer, or place the state on this "
+            "one's mesh (`eqx_replay.load_state` of a checkpoint places it as this "
+            "buffer's `init` would). JAX says: " + str(error).splitlines()[0]
         )
-        + jtu.keystr(path[1:])
-        for path, found in devices
-        if found != first
-    ]
+    elsewhere = [_argument(names, path) for path, found in devices if found != first]
     return ValueError(
         f"`{where}`: {', '.join(elsewhere) or 'an argument'} "
         f"{'are' if len(elsewhere) > 1 else 'is'} committed to other devices than the state "
@@ -152,6 +172,24 @@ def _devices_error(where: str, names: tuple[str, ...], args: tuple, error: Excep
         "PartitionSpec(axis))` or replicated on the mesh; or leave it uncommitted (made by "
         "`jnp`, not `jax.device_put` to one device). JAX says: " + str(error).splitlines()[0]
     )
+
+
+def _aliased_error(where: str, names: tuple[str, ...], args: tuple) -> ValueError:
+    """Two arguments of a call that updates them in place hold one array."""
+    seen: dict[int, str] = {}
+    for path, leaf in jtu.tree_flatten_with_path(args)[0]:
+        if isinstance(leaf, jax.Array):
+            name = _argument(names, path)
+            if id(leaf) in seen:
+                return ValueError(
+                    f"`{where}`: {seen[id(leaf)]} and {name} are one array: the call updates "
+                    "its states in place, each on its own, so one state given twice (such as "
+                    "`[state, state]` for a buffer mixed with itself) would come back as two "
+                    "states that disagree. Give each entry a state of its own; nothing was "
+                    "changed"
+                )
+            seen[id(leaf)] = name
+    return ValueError(f"`{where}`: an array is passed twice to a call that updates it in place")
 
 
 class CompiledMethod(Generic[_B, _P, _R]):
@@ -202,7 +240,10 @@ class CompiledMethod(Generic[_B, _P, _R]):
         # A donated array of several devices crashes the process when passed again (JAX
         # 0.10, CPU) instead of raising: a sharded buffer checks before calling (a few
         # microseconds per call; an unsharded one finds out from JAX's error, at no cost).
-        check_donated = donate and getattr(buffer, "sharding", None) is not None
+        sharding = getattr(buffer, "sharding", None)
+        check_donated = donate and sharding is not None
+        mesh = getattr(sharding, "mesh", None)
+        mesh = mesh if isinstance(mesh, jax.sharding.Mesh) else None
 
         # Set once a call with concrete weakly typed arguments has been seen: from then on
         # the arguments are made strongly typed before every call, instead of letting each
@@ -227,7 +268,9 @@ class CompiledMethod(Generic[_B, _P, _R]):
                 if _deleted((args[:1], kwargs.get("state"), kwargs.get("states"))):
                     raise _donated_error(where) from error
                 if "incompatible devices" in str(error):
-                    raise _devices_error(where, names, args, error) from error
+                    raise _devices_error(where, names, args, error, mesh) from error
+                if "donate the same buffer twice" in str(error):
+                    raise _aliased_error(where, names, args) from error
                 raise
             except TypeError:
                 # Arguments that do not fit the method: JAX says only "too many positional

@@ -369,6 +369,16 @@ def check_misuse_gets_the_library_s_errors_not_jax_s():
             newer, jax.device_put(jr.PRNGKey(0), jax.devices()[5])
         ),
     }
+    # A state of a buffer on another mesh: the state is named, not the arguments.
+    half = jax.make_mesh((N // 2,), ("data",), devices=jax.devices()[N // 2 :])
+    other = eqx_replay.make_trajectory_buffer(**TRAJECTORY, sharding=rows_sharding(half))
+    elsewhere = "the state is on devices [0, 1, 2, 3, 4, 5, 6, 7], but this buffer's mesh is on"
+    cases[f"`TrajectoryBuffer.add`: {elsewhere} devices [4, 5, 6, 7]"] = lambda: other.add(
+        newer, batch(16, 2, 1)
+    )
+    cases[f"`TrajectoryBuffer.sample`: {elsewhere} devices [4, 5, 6, 7]"] = lambda: other.sample(
+        newer, jr.PRNGKey(0)
+    )
     for message, call in cases.items():
         try:
             call()

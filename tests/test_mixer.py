@@ -138,6 +138,26 @@ def test_set_priorities_routes_each_slice_to_its_buffer():
         assert tree_allclose(jax.tree.map(np.asarray, got), jax.tree.map(np.asarray, want))
 
 
+def test_one_state_given_twice_to_set_priorities_is_named_and_left_intact():
+    # A buffer mixed with itself, its one state passed for both entries: the in-place
+    # update of each entry cannot take one array twice.
+    buffer = flat(eqx_replay.make_prioritised_flat_buffer)
+    mixer = eqx_replay.make_mixer([buffer, buffer], 6, [1, 1])
+    state = filled(buffer, 0)
+    kept = jax.tree.map(np.array, state)
+    sample = mixer.sample([state, state], jr.key(2))
+    message = (
+        r"`Mixer.set_priorities`: states\[0\]\.experience\['id'\] and "
+        r"states\[1\]\.experience\['id'\] are one array: .* Give each entry a state of its own"
+    )
+    with pytest.raises(ValueError, match=message):
+        mixer.set_priorities([state, state], sample.indices, jnp.ones(6))
+    assert tree_allclose(jax.tree.map(np.asarray, state), kept)
+    # Two states of the one buffer are fine.
+    other = filled(buffer, 0)
+    mixer.set_priorities([state, other], sample.indices, jnp.ones(6))
+
+
 def test_mixer_under_jit_and_scan():
     buffers = [flat(), flat()]
     mixer = eqx_replay.make_mixer(buffers, 8, [1, 1])
