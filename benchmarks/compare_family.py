@@ -22,7 +22,13 @@ j. prioritised flat buffer (exponent 0.6) at 100K: add 1 and 128 x 1, sample 256
 k. mixer of two flat buffers of 100K (128 envs each), proportions 1:1, sample 256;
 l. trajectory queue, 16 rows x 1,024 steps, `f32[64]` observations: add of 16 x 8 steps
    when it fits, and the read-and-advance of a sample of 16 x 8 (alternating, so that each
-   call can go ahead).
+   call can go ahead);
+m. trajectory buffer add of 16 rows x 1 step at 16,384 steps whose `reward` is weakly typed
+   (`jnp.full(shape, 1.0)`, as a reward computed from a Python float is), both libraries
+   given the same batch;
+n. trajectory buffer samples where most windows wrap the ring (window length close to the
+   time axis): 1,024 windows of 64 steps from a full ring of 16 rows x 80 steps, and 256 of
+   64 from 16 x 66, `f32[64]` observations.
 """
 
 import argparse
@@ -230,11 +236,63 @@ def queue_rows(results: cf.Results, scale: cf.Scale, capacity: int) -> None:
     results.add(cf.Row("l. queue add 16×8 + sample 16×8", times["eqx"], times["fbx"]))
 
 
+def weak_add_rows(results: cf.Results, scale: cf.Scale) -> None:
+    cf.log("[m] trajectory add of a batch with a weakly typed leaf")
+    example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
+    config: dict[str, Any] = dict(
+        add_batch_size=16,
+        sample_batch_size=256,
+        sample_sequence_length=2,
+        period=1,
+        min_length_time_axis=2,
+        max_length_time_axis=1_024,
+    )
+    ours, theirs = cf.buffers(**config)
+    batch = cf.random_batch(example, 16, 1, seed=13)
+    batch["reward"] = jnp.full((16, 1), 1.0)
+    assert batch["reward"].weak_type
+    runners = {
+        "eqx": cf.AddRunner(cf.looked_up(ours, "add"), ours.init(example), batch),
+        "fbx": cf.AddRunner(jax.jit(theirs.add, donate_argnums=0), theirs.init(example), batch),
+    }
+    times = cf.measure(runners, scale)
+    results.add(cf.Row("m. add 16×1, weakly typed reward", times["eqx"], times["fbx"]))
+
+
+def wrapping_rows(results: cf.Results, scale: cf.Scale) -> None:
+    example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
+    for time_axis, samples in ((80, 1_024), (66, 256)):
+        cf.log(f"[n] sample {samples}×64 from 16 rows × {time_axis} steps")
+        config: dict[str, Any] = dict(
+            add_batch_size=16,
+            sample_batch_size=samples,
+            sample_sequence_length=64,
+            period=1,
+            min_length_time_axis=64,
+            max_length_time_axis=time_axis,
+        )
+        ours, theirs = cf.buffers(**config)
+        # Full, and with the write head mid-ring, so that windows start anywhere.
+        batch = cf.random_batch(example, 16, time_axis + time_axis // 3, seed=14)
+        our_state = ours.add(ours.init(example), jax.tree.map(lambda x: x[:, :time_axis], batch))
+        our_state = ours.add(our_state, jax.tree.map(lambda x: x[:, time_axis:], batch))
+        their_add = jax.jit(theirs.add, donate_argnums=0)
+        their_state = their_add(
+            theirs.init(example), jax.tree.map(lambda x: x[:, :time_axis], batch)
+        )
+        their_state = their_add(their_state, jax.tree.map(lambda x: x[:, time_axis:], batch))
+        runners, _ = sample_runners(ours, our_state, theirs, their_state, seed=15)
+        times = cf.measure(runners, scale)
+        del runners
+        label = f"n. sample {samples}×64 of 16 × {time_axis} (most windows wrap)"
+        results.add(cf.Row(label, times["eqx"], times["fbx"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
     parser.add_argument("--out", type=Path, help="also write the table here")
-    parser.add_argument("--only", default="ijkl", help="the rows to run, e.g. 'jl'")
+    parser.add_argument("--only", default="ijklmn", help="the rows to run, e.g. 'jl'")
     args = parser.parse_args()
     scale = cf.TINY if args.tiny else cf.FULL
     small, large, queue = (2_048, 4_096, 64) if args.tiny else (100_000, 1_000_000, 1_024)
@@ -249,6 +307,10 @@ def main() -> None:
         mixer_rows(results, scale, small)
     if "l" in args.only:
         queue_rows(results, scale, queue)
+    if "m" in args.only:
+        weak_add_rows(results, scale)
+    if "n" in args.only:
+        wrapping_rows(results, scale)
     lines = [
         "| row | eqx_replay | flashbax | ratio (eqx/fbx) |",
         "|---|---:|---:|---:|",

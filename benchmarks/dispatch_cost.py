@@ -2,11 +2,11 @@
 checks cost when a method is first traced.
 
 `buffer.add` is a Python function around the `jax.jit` of the method (`eqx_replay/_jit.py`):
-it replaces JAX's errors about a donated state and retries a weakly typed call strongly
-typed. This times, alternating in one process:
+it replaces JAX's errors about a donated state. This times, alternating in one process:
 
 - per call: `buffer.add` / `buffer.sample` against the bare `jax.jit` they call
-  (`buffer.add.__wrapped__`), and an `add` of a weakly typed batch;
+  (`buffer.add.__wrapped__`), with a strongly and with a weakly typed batch (which each
+  compile for once);
 - first call (trace and compile, a new configuration each time): with the method's
   jaxtyping + beartype checks, as shipped, and with them switched off.
 
@@ -80,29 +80,24 @@ def per_call(cls, capacity, calls, rounds):
     def measure(name, elapsed):
         times.setdefault(name, []).append(elapsed)
 
-    # Before any weakly typed call: the shipped calls against the bare `jax.jit`, in
-    # alternating order.
+    # The shipped calls against the bare `jax.jit`, in alternating order.
     for i in range(rounds):
-        adds = [("add, shipped", buffer.add), ("add, bare jax.jit", bare_add)]
+        adds = [
+            ("add, shipped", buffer.add, strong),
+            ("add, bare jax.jit", bare_add, strong),
+            ("add of a weak batch, shipped", buffer.add, weak),
+            ("add of a weak batch, bare jax.jit", bare_add, weak),
+        ]
         samples = [
             ("sample 256x16, shipped", buffer.sample),
             ("sample 256x16, bare jax.jit", bare_sample),
         ]
         order = slice(None, None, 1 if i % 2 == 0 else -1)
-        for name, add in adds[order]:
-            elapsed, state = time_adds(add, state, strong, calls)
+        for name, add, data in adds[order]:
+            elapsed, state = time_adds(add, state, data, calls)
             measure(name, elapsed)
         for name, sample in samples[order]:
             measure(name, time_samples(sample, state, key, calls // 4 + 1))
-    # After a weakly typed batch, `add` checks its batch for weak types before each call.
-    for _ in range(rounds):
-        for name, add, data in [
-            ("add of a weak batch, shipped", buffer.add, weak),
-            ("add, shipped, after a weak batch", buffer.add, strong),
-            ("add, bare jax.jit, after a weak batch", bare_add, strong),
-        ]:
-            elapsed, state = time_adds(add, state, data, calls)
-            measure(name, elapsed)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

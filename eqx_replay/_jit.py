@@ -29,11 +29,11 @@ The function around the `jax.jit` is a Python call and a `try` (~0.2 us, measure
 - *Data, not parameters*: every argument passes through `lax.stop_gradient`. A loss that
   samples from a state it differentiates gets a zero gradient for the state, instead of
   JAX's refusal to reverse-differentiate the loops inside `sample`.
-- *Weak types*: an argument with a weakly typed leaf (`jnp.full(shape, 1.0)`) would make
-  JAX compile the method again for the same shapes and dtypes. The trace stops at once, and
-  the call is made again with the leaf strongly typed, which finds the compiled code. After
-  the first such call, the method converts weakly typed arguments before each call (~15 us
-  for a call with weak leaves, ~1 us for the others).
+- *Weak types*: an argument with a weakly typed leaf (a Python number, or an array made
+  from one such as `jnp.full(shape, 1.0)`) is compiled for once more, as by any `jax.jit`,
+  and made strongly typed of its dtype inside the compiled code: later calls with it take
+  JAX's fast path like any other. (Converting such arguments before each call instead, to
+  share one compilation, cost a dispatch per call: 3.7x Flashbax's add of the same batch.)
 - *Donated states*: a state whose arrays were donated to an earlier `add` fails inside
   JAX; the error is replaced by one that says so and how to fix it.
 """
@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from beartype import beartype
 from jax.core import Tracer
-from jaxtyping import Array, jaxtyped, TypeCheckError
+from jaxtyping import jaxtyped, TypeCheckError
 
 
 _B = TypeVar("_B")
@@ -68,42 +68,13 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
-class _WeakTypes(Exception):
-    """Raised while tracing a call that has weakly typed leaves, to make it again without."""
-
-
-def _weak(leaf: Any) -> bool:
-    """Whether JAX traces `leaf` with a weak type: a Python number, or a weakly typed array,
-    tracer or `jax.ShapeDtypeStruct`."""
-    if isinstance(leaf, (int, float, complex)):
-        return not isinstance(leaf, bool)
-    return bool(getattr(leaf, "weak_type", False))
-
-
-@jax.jit
-def _strong(leaves: list[Array]) -> list[Array]:
-    # An explicit dtype makes a strongly typed array; one call converts every leaf.
-    return [jnp.asarray(leaf, dtype=leaf.dtype) for leaf in leaves]
-
-
 def _strongly_typed(args: _T) -> _T:
-    """`args` with every weakly typed leaf made strongly typed, of its dtype."""
-    leaves, structure = jtu.tree_flatten(args)
-    weak = [i for i, leaf in enumerate(leaves) if _weak(leaf)]
-    shapes = [i for i in weak if isinstance(leaves[i], jax.ShapeDtypeStruct)]
-    for i in shapes:
-        leaves[i] = jax.ShapeDtypeStruct(
-            leaves[i].shape, leaves[i].dtype, sharding=leaves[i].sharding
-        )
-    arrays = [i for i in weak if i not in shapes]
-    if arrays:
-        for i, leaf in zip(arrays, _strong([jnp.asarray(leaves[i]) for i in arrays])):
-            leaves[i] = leaf
-    return jtu.tree_unflatten(structure, leaves)
-
-
-def _any_weak(tree: Any) -> bool:
-    return any(_weak(leaf) for leaf in jtu.tree_leaves(tree))
+    """Traced `args` with every weakly typed leaf made strongly typed, of its dtype (an
+    explicit dtype makes a strongly typed array), so that what the method stores and
+    returns is typed as the state is."""
+    return jtu.tree_map(
+        lambda x: jnp.asarray(x, dtype=x.dtype) if getattr(x, "weak_type", False) else x, args
+    )
 
 
 def _deleted(state: Any) -> bool:
@@ -221,9 +192,7 @@ class CompiledMethod(Generic[_B, _P, _R]):
         checked, unchecked = self._checked, self._unchecked
 
         def traced(*args: Any, **kwargs: Any) -> Any:
-            if any(_weak(leaf) for leaf in jtu.tree_leaves((args, kwargs))):
-                raise _WeakTypes
-            args, kwargs = lax.stop_gradient((args, kwargs))
+            args, kwargs = lax.stop_gradient(_strongly_typed((args, kwargs)))
             try:
                 return checked(buffer, *args, **kwargs)
             except TypeCheckError:
@@ -245,25 +214,11 @@ class CompiledMethod(Generic[_B, _P, _R]):
         mesh = getattr(sharding, "mesh", None)
         mesh = mesh if isinstance(mesh, jax.sharding.Mesh) else None
 
-        # Set once a call with concrete weakly typed arguments has been seen: from then on
-        # the arguments are made strongly typed before every call, instead of letting each
-        # such call start a trace that stops (~1 ms).
-        convert = False
-
         def call(*args: Any, **kwargs: Any) -> Any:
-            nonlocal convert
             if check_donated and _deleted((args[:1], kwargs.get("state"))):
                 raise _donated_error(where)
-            if convert and _any_weak((args, kwargs)):
-                args, kwargs = _strongly_typed((args, kwargs))
             try:
-                try:
-                    return jitted(*args, **kwargs)
-                except _WeakTypes:
-                    tracing = any(isinstance(x, Tracer) for x in jtu.tree_leaves((args, kwargs)))
-                    convert = convert or not tracing
-                    args, kwargs = _strongly_typed((args, kwargs))
-                    return jitted(*args, **kwargs)
+                return jitted(*args, **kwargs)
             except (ValueError, RuntimeError) as error:
                 if _deleted((args[:1], kwargs.get("state"), kwargs.get("states"))):
                     raise _donated_error(where) from error
@@ -282,23 +237,13 @@ class CompiledMethod(Generic[_B, _P, _R]):
                     raise TypeError(f"`{where}({takes})`: {bad}") from None
                 raise
 
-        def stage(name: str) -> Callable[..., Any]:
-            method = getattr(jitted, name)
-
-            @ft.wraps(method)
-            def staged(*args: Any, **kwargs: Any) -> Any:
-                args, kwargs = _strongly_typed((args, kwargs))
-                return method(*args, **kwargs)
-
-            return staged
-
         call.__name__ = call.__qualname__ = where
         call.__doc__ = self._fn.__doc__
         # The `jax.jit` itself, and its stages to inspect the compiled code (`jax.eval_shape`
         # and `jax.make_jaxpr` go through `trace`).
         call.__wrapped__ = jitted  # pyright: ignore[reportFunctionMemberAccess]
-        call.lower = stage("lower")  # pyright: ignore[reportFunctionMemberAccess]
-        call.trace = stage("trace")  # pyright: ignore[reportFunctionMemberAccess]
+        call.lower = jitted.lower  # pyright: ignore[reportFunctionMemberAccess]
+        call.trace = jitted.trace  # pyright: ignore[reportFunctionMemberAccess]
         if len(self._shared) >= _MAX_SHARED:
             del self._shared[next(iter(self._shared))]
         self._shared[config] = call
