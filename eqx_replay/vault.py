@@ -15,6 +15,12 @@ What differs from Flashbax's, and why:
 - `write` appends exactly the steps added since the last write, also when the buffer
   wrapped, and when it is exactly full (Flashbax wrote nothing then); a buffer that
   overwrote steps before they were written is an error naming them, not a silent gap.
+  What to write is decided from the state's write head and fullness (or the caller's
+  count, `added`), never from the data: equal bytes are not "unchanged". Where those
+  cannot tell "nothing" from "a whole capacity", `write` asks for `added` rather than guess.
+- Paths go to TensorStore as kvstore specs, never as `file://` URLs, which it would decode
+  (`%2F` becoming `/`); names that would leave `rel_dir` are refused. A vault is built in a
+  directory of its own and renamed into place, and a failed creation leaves nothing behind.
 - Reading ranges (`read_range`), streaming chunks (`chunks`), and restoring a buffer's
   state with its capacity (`to_state`), for datasets larger than memory.
 - Arrays are chunked along time to suit appends (Flashbax's default chunks re-encode up
@@ -29,6 +35,7 @@ import math
 import os
 import shutil
 import tempfile
+import weakref
 from ast import literal_eval
 from collections.abc import Iterator
 from datetime import datetime
@@ -52,6 +59,8 @@ from ._trajectory import TrajectoryBufferState
 __all__ = ["Vault"]
 
 _METADATA = "metadata.json"
+# The keys of metadata.json that the vault itself writes (Flashbax's).
+_RESERVED = ("version", "structure_shape", "structure_dtype")
 _VERSION = 1.2
 _TIME_LIMIT = int(10e12)
 _COMPRESSION = {"id": "gzip", "level": 5}
@@ -124,6 +133,216 @@ def _error(where: str, message: str) -> ValueError:
     return ValueError(f"`Vault.{where}`: {message}")
 
 
+def _spec(base: str, name: str) -> dict[str, Any]:
+    """The zarr array `name` in the OCDBT database at directory `base`. The base is a file
+    kvstore spec, not a `file://` URL: TensorStore would decode a URL's percent escapes."""
+    return {
+        "driver": "zarr",
+        "kvstore": {"driver": "ocdbt", "base": {"driver": "file", "path": base}, "path": name},
+    }
+
+
+def _vault_path(rel_dir: Any, vault_name: Any, vault_uid: Any) -> str:
+    """`<cwd>/<rel_dir>/<vault_name>/<vault_uid>`, normalised. `rel_dir` (relative to the
+    current directory, or absolute) is the base the user chose; the names must each lead
+    into a directory inside the one before, so that no name reaches another vault's files
+    or leaves the base."""
+    for argument, value in (("rel_dir", rel_dir), ("vault_name", vault_name)):
+        if not isinstance(value, (str, os.PathLike)) or "\0" in os.fspath(value):
+            raise _error("__init__", f"`{argument}` must be a path without NUL; got {value!r}")
+    if not isinstance(vault_uid, str) or "\0" in vault_uid:
+        raise _error("__init__", f"`vault_uid` must be a str without NUL; got {vault_uid!r}")
+    path = os.path.normpath(os.path.join(os.getcwd(), os.fspath(rel_dir)))
+    for argument, name in (("vault_name", os.fspath(vault_name)), ("vault_uid", vault_uid)):
+        inside = os.path.normpath(os.path.join(path, name))
+        if os.path.isabs(name) or os.path.commonpath([path, inside]) != path or inside == path:
+            raise _error(
+                "__init__",
+                f"`{argument}` must name a directory inside {path}; got {name!r}, which "
+                f"resolves to {inside}",
+            )
+        path = inside
+    return path
+
+
+def _extra_metadata(metadata: Any) -> dict[str, Any]:
+    """The user's `metadata`, JSON-able (other values become strings, as in Flashbax).
+    Keys the vault writes itself are refused: Flashbax let them replace its own."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise _error("__init__", f"`metadata` must be a dict; got {type(metadata).__name__}")
+    reserved = [key for key in _RESERVED if key in metadata]
+    if reserved:
+        raise _error(
+            "__init__",
+            f"`metadata` may not set {reserved}: the vault writes {list(_RESERVED)} itself",
+        )
+    try:
+        ready = jtu.tree_map(
+            lambda x: x if isinstance(x, (bool, str, int, float, type(None))) else str(x),
+            metadata,
+        )
+        json.dumps(ready)
+    except (TypeError, ValueError) as error:
+        raise _error("__init__", f"`metadata` cannot be stored as JSON ({error})") from None
+    return ready
+
+
+def _read_metadata(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError) as error:
+        raise _error("__init__", f"{path} is missing or not JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise _error(
+            "__init__", f"{path} holds a JSON {type(metadata).__name__}; expected an object"
+        )
+    for key in _RESERVED:
+        if key not in metadata:
+            raise _error("__init__", f"{path} has no {key!r}: not a vault")
+    version = metadata["version"]
+    if isinstance(version, bool) or not isinstance(version, (int, float)):
+        raise _error("__init__", f"{path} has 'version' {version!r}; expected a number")
+    if version // 1 != _VERSION // 1:
+        raise _error(
+            "__init__",
+            f"{path} is a version {version} vault; this reads version {int(_VERSION)}.x",
+        )
+    return metadata
+
+
+def _saved_leaves(path: str, metadata: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each leaf's datastore name, buffer shape and dtype, as `metadata.json` (at `path`)
+    describes them, every one checked, so that a damaged file is named here rather than
+    failing later inside `literal_eval` or TensorStore."""
+    shapes, dtypes = _leaves(metadata["structure_shape"]), _leaves(metadata["structure_dtype"])
+    for key, leaves in (("structure_shape", shapes), ("structure_dtype", dtypes)):
+        for p, leaf in leaves:
+            if not isinstance(leaf, str):
+                raise _error(
+                    "__init__",
+                    f"{path}: {key!r} has {leaf!r} for leaf {_datastore_name(p)[:-1]!r}; "
+                    "expected a string",
+                )
+    shape_names = [_datastore_name(p) for p, _ in shapes]
+    dtype_names = [_datastore_name(p) for p, _ in dtypes]
+    if shape_names != dtype_names:
+        raise _error(
+            "__init__",
+            f"{path}: 'structure_shape' has leaves {shape_names} and 'structure_dtype' has "
+            f"{dtype_names}; expected the same leaves",
+        )
+    saved = {
+        name: (_parse_shape(path, name, shape), _parse_dtype(path, name, dtype))
+        for name, (_, shape), (_, dtype) in zip(shape_names, shapes, dtypes)
+    }
+    if not saved:
+        raise _error("__init__", f"{path} describes no leaves")
+    return saved
+
+
+def _parse_shape(path: str, name: str, text: str) -> tuple[int, ...]:
+    try:
+        shape = literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        shape = None
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) < 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise _error(
+            "__init__",
+            f"{path}: leaf {name[:-1]} has shape {text!r}; expected a tuple of at least two "
+            "ints >= 0, such as '(4, 100, 3)'",
+        )
+    return shape
+
+
+def _parse_dtype(path: str, name: str, text: str) -> str:
+    try:
+        jnp.dtype(text)
+    except (TypeError, ValueError):
+        raise _error(
+            "__init__", f"{path}: leaf {name[:-1]} has dtype {text!r}; expected a dtype name"
+        ) from None
+    return text
+
+
+def _but_time(shape: Any) -> list[int]:
+    """A vault array's shape without its time axis (axis 1), which grows with writes."""
+    return [n for i, n in enumerate(shape) if i != 1]
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The directories that making `path` would create, deepest first."""
+    missing = []
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _build(
+    directory: str,
+    metadata: dict[str, Any],
+    leaves: list[Any],
+    names: list[str],
+    compression: Any,
+) -> None:
+    """Writes a new vault's files into `directory`: `metadata.json`, an empty zarr array
+    per leaf (chunked along time to suit appends) and a `vault_index` of 0."""
+    with open(os.path.join(directory, _METADATA), "w") as f:
+        json.dump(metadata, f)
+    context = ts.Context()
+    for name, leaf in zip(names, leaves):
+        shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
+        step_bytes = dtype.itemsize * math.prod(shape[2:]) * shape[0]
+        steps = 2 ** int(math.log2(max(1, _CHUNK_BYTES // max(1, step_bytes))))
+        spec = _spec(directory, name)
+        spec["metadata"] = {
+            "compressor": _COMPRESSION if compression is None else compression,
+            "chunks": [shape[0], steps, *shape[2:]],
+        }
+        ts.open(
+            spec,
+            context=context,
+            shape=(shape[0], _TIME_LIMIT, *shape[2:]),
+            dtype=dtype.name,
+            create=True,
+        ).result()
+    index = ts.open(
+        _spec(directory, _INDEX), context=context, dtype=ts.int32, shape=(1,), create=True
+    ).result()
+    index.write(np.zeros(1, np.int32)).result()
+
+
+def _discard(building: str | None, made: list[str]) -> None:
+    """Removes what a failed creation made: its directory, and the parents it created
+    (deepest first, each only if empty: another writer may have begun using one)."""
+    if building is not None:
+        shutil.rmtree(building, ignore_errors=True)
+    for directory in made:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
+def _weak(leaves: list[Any]) -> list[weakref.ref] | None:
+    """Weak references to a state's leaves when all are JAX arrays: immutable, so the
+    same objects later are the same data, and a weak reference keeps no buffer alive.
+    (NumPy leaves can change in place: no such proof.)"""
+    if not all(isinstance(leaf, jax.Array) for leaf in leaves):
+        return None
+    try:
+        return [weakref.ref(leaf) for leaf in leaves]
+    except TypeError:
+        return None
+
+
 class _Lost(ValueError):
     """Steps were overwritten in the buffer before `Vault.write` could write them."""
 
@@ -135,12 +354,22 @@ class Vault:
 
     - `vault_name`, `rel_dir`, `vault_uid`: the vault is the directory
       `<cwd>/<rel_dir>/<vault_name>/<vault_uid>`; `vault_uid` defaults to the current time
-      (`%Y%m%d%H%M%S`).
+      (`%Y%m%d%H%M%S`). `rel_dir` may be relative to the current directory or absolute;
+      `vault_name` must lead to a directory inside it and `vault_uid` to one inside that
+      (a `..` that leaves it, or an absolute path, is refused). Names are used as they are:
+      `%41` is three characters, not `A`.
     - `experience_structure`: a buffer state's `experience` (leaves `(rows, time, ...)`);
       needed to create a vault, optional to open one (then `read` gives nested dicts).
     - `compression`: the zarr compressor for new vaults (default gzip, level 5); an
       existing vault keeps its own.
-    - `metadata`: extra JSON-able data stored in `metadata.json` (others become strings).
+    - `metadata`: extra JSON-able data stored in `metadata.json` (others become strings);
+      its keys may not be those the vault writes (`version`, `structure_shape`,
+      `structure_dtype`).
+
+    **Raises:** `ValueError` for a path that leaves `rel_dir`, reserved `metadata` keys,
+    an experience that is not a buffer state's, a `metadata.json` that is missing or
+    malformed (naming the file and what is wrong), or a creation that failed (which leaves
+    no directory behind). Nothing is written before the arguments are checked.
 
     Write from one process at a time.
     """
@@ -149,13 +378,14 @@ class Vault:
         self,
         vault_name: str,
         experience_structure: PyTree | None = None,
-        rel_dir: str = "vaults",
+        rel_dir: str | os.PathLike[str] = "vaults",
         vault_uid: str | None = None,
         compression: dict | None = None,
         metadata: dict | None = None,
     ) -> None:
         uid = vault_uid if vault_uid else datetime.now().strftime("%Y%m%d%H%M%S")
-        self._base_path = os.path.normpath(os.path.join(os.getcwd(), rel_dir, vault_name, uid))
+        self._base_path = _vault_path(rel_dir, vault_name, uid)
+        extra = _extra_metadata(metadata)
         metadata_path = os.path.join(self._base_path, _METADATA)
         self._context = ts.Context()
         if not os.path.exists(self._base_path):
@@ -165,17 +395,13 @@ class Vault:
                     f"there is no vault at {self._base_path}, and no `experience_structure` "
                     "was given to create one",
                 )
-            self._create(experience_structure, metadata, compression)
-        self._metadata = self._load_metadata(metadata_path)
-        shapes, dtypes = self._metadata["structure_shape"], self._metadata["structure_dtype"]
-        saved = {
-            _datastore_name(p): (literal_eval(s), d)
-            for (p, s), (_, d) in zip(_leaves(shapes), _leaves(dtypes))
-        }
-        if not saved:
-            raise _error("__init__", f"{metadata_path} describes no leaves")
+            self._create(experience_structure, extra, compression)
+        self._metadata = _read_metadata(metadata_path)
+        saved = _saved_leaves(metadata_path, self._metadata)
         if experience_structure is None:
-            self._structure = jtu.tree_structure(shapes, is_leaf=lambda x: isinstance(x, str))
+            self._structure = jtu.tree_structure(
+                self._metadata["structure_shape"], is_leaf=lambda x: isinstance(x, str)
+            )
             self._names = list(saved)
         else:
             self._structure = jtu.tree_structure(experience_structure)
@@ -185,51 +411,43 @@ class Vault:
             ]
         self._shapes = [saved[name][0] for name in self._names]
         self._dtypes = [saved[name][1] for name in self._names]
-        self._rows = self._shapes[0][0]
-        self._stores = [
-            ts.open(self._spec(self._base_path, name), context=self._context).result()
-            for name in self._names
-        ]
-        self._index_store = ts.open(
-            self._spec(self._base_path, _INDEX), context=self._context
-        ).result()
+        self._stores = [self._open(name, saved[name]) for name in self._names]
+        self._index_store = self._open(_INDEX, ((1,), "int32"))
         self.vault_index: int = int(self._index_store.read().result()[0])
         """How many steps of every row the vault holds (the next `write` appends there)."""
         # What the last `write` saw of the buffer: its write head, whether it was full, and
-        # the step just before the head (to tell a buffer that moved by a whole capacity
-        # from one that did not move).
+        # weak references to its leaves (the same arrays are proof that nothing was added).
         self._last_index = 0
         self._last_full = False
-        self._last_step: list[np.ndarray] | None = None
+        self._last_leaves: list[weakref.ref] | None = None
 
     # -- creating and opening ---------------------------------------------------------------
 
-    def _spec(self, base: str, name: str) -> dict[str, Any]:
-        return {
-            "driver": "zarr",
-            "kvstore": {"driver": "ocdbt", "base": f"file://{base}", "path": name},
-        }
-
-    def _load_metadata(self, path: str) -> dict[str, Any]:
+    def _open(self, name: str, saved: tuple[tuple[int, ...], str]) -> Any:
+        """The vault's array `name`, checked against what `metadata.json` says of it (all
+        but the time axis, which the arrays have of their own)."""
         try:
-            with open(path) as f:
-                metadata = json.load(f)
-        except (OSError, ValueError) as error:
-            raise _error("__init__", f"{path} is missing or not JSON ({error})") from None
-        for key in ("version", "structure_shape", "structure_dtype"):
-            if key not in metadata:
-                raise _error("__init__", f"{path} has no {key!r}: not a vault")
-        if metadata["version"] // 1 != _VERSION // 1:
+            store = ts.open(_spec(self._base_path, name), context=self._context).result()
+        except ValueError as error:
+            raise _error(
+                "__init__", f"the vault at {self._base_path} has no array {name!r} ({error})"
+            ) from None
+        shape, dtype = saved
+        if (
+            store.rank != len(shape)
+            or _but_time(store.shape) != _but_time(shape)
+            or store.dtype.numpy_dtype != jnp.dtype(dtype)
+        ):
             raise _error(
                 "__init__",
-                f"{path} is a version {metadata['version']} vault; this reads version "
-                f"{int(_VERSION)}.x",
+                f"the vault at {self._base_path} has array {name!r} of "
+                f"{store.dtype.name}{list(store.shape)}; {_METADATA} says {dtype}{list(shape)}",
             )
-        return metadata
+        return store
 
-    def _create(self, experience: PyTree, extra: dict | None, compression: dict | None) -> None:
+    def _create(self, experience: PyTree, extra: dict[str, Any], compression: Any) -> None:
         """Makes the vault in a directory of its own and renames it into place, so that a
-        vault exists only once it is whole."""
+        vault exists only once it is whole; if anything fails, removes what it made."""
         leaves = jtu.tree_flatten_with_path(experience)[0]
         if not leaves or any(len(getattr(x, "shape", ())) < 2 for _, x in leaves):
             raise _error(
@@ -245,47 +463,26 @@ class Vault:
             "version": _VERSION,
             "structure_shape": _serialise(experience, lambda x: str(tuple(x.shape))),
             "structure_dtype": _serialise(experience, lambda x: jnp.dtype(x.dtype).name),
-            **jtu.tree_map(
-                lambda x: x if isinstance(x, (bool, str, int, float, type(None))) else str(x),
-                extra or {},
-            ),
+            **extra,
         }
-        os.makedirs(os.path.dirname(self._base_path), exist_ok=True)
-        building = tempfile.mkdtemp(
-            prefix=os.path.basename(self._base_path) + ".creating-",
-            dir=os.path.dirname(self._base_path),
-        )
-        with open(os.path.join(building, _METADATA), "w") as f:
-            json.dump(metadata, f)
-        context = ts.Context()
-        for name, (_, leaf) in zip(names, leaves):
-            shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
-            step_bytes = dtype.itemsize * math.prod(shape[2:]) * shape[0]
-            steps = 2 ** int(math.log2(max(1, _CHUNK_BYTES // max(1, step_bytes))))
-            spec = self._spec(building, name)
-            spec["metadata"] = {
-                "compressor": _COMPRESSION if compression is None else compression,
-                "chunks": [shape[0], steps, *shape[2:]],
-            }
-            ts.open(
-                spec,
-                context=context,
-                shape=(shape[0], _TIME_LIMIT, *shape[2:]),
-                dtype=dtype.name,
-                create=True,
-            ).result()
-        index = ts.open(
-            self._spec(building, _INDEX), context=context, dtype=ts.int32, shape=(1,), create=True
-        ).result()
-        index.write(np.zeros(1, np.int32)).result()
-        del index, context
+        parent = os.path.dirname(self._base_path)
+        made = _missing_dirs(parent)
+        building, done = None, False
         try:
+            os.makedirs(parent, exist_ok=True)
+            building = tempfile.mkdtemp(
+                prefix=os.path.basename(self._base_path) + ".creating-", dir=parent
+            )
+            _build(building, metadata, [x for _, x in leaves], names, compression)
             os.rename(building, self._base_path)
-        except OSError as error:
-            shutil.rmtree(building, ignore_errors=True)
+            done = True
+        except Exception as error:
             raise _error(
                 "__init__", f"could not create the vault at {self._base_path} ({error})"
-            ) from None
+            ) from error
+        finally:
+            if not done:
+                _discard(building, made)
 
     def _check_structure(
         self, where: str, experience: PyTree, saved: dict[str, tuple[tuple[int, ...], str]]
@@ -360,6 +557,16 @@ class Vault:
                 "buffer's later state. Open the vault again to write another buffer's steps",
             )
 
+    def _least_added(self, capacity: int, index: int, full: bool) -> int:
+        """The fewest steps (per row) that take the buffer from what the last write saw to
+        write head `index` and fullness `full`: how far the head moved, plus one capacity
+        if the buffer filled up without its head passing the last write's. Any further
+        whole wraps leave no trace in a state."""
+        self._check_continues(index, full)
+        moved = (index - self._last_index) % capacity
+        filled = full and not self._last_full
+        return moved + capacity if filled and index >= self._last_index else moved
+
     def _lost(self, lost: int, capacity: int) -> "_Lost":
         return _Lost(
             f"`Vault.write`: at least {lost} steps of every row (vault steps "
@@ -374,35 +581,42 @@ class Vault:
         """The steps to write when the caller counted `added` since the last write."""
         if isinstance(added, bool) or not isinstance(added, (int, np.integer)) or added < 0:
             raise _error("write", f"`added` must be an int >= 0; got {added!r}")
-        self._check_continues(index, full)
-        moved = (index - self._last_index) % capacity
-        if int(added) % capacity != moved or (added > 0 and not full and index == 0):
+        added = int(added)
+        least = self._least_added(capacity, index, full)
+        if added < least or (added - least) % capacity or (not full and added != least):
+            exactly = "" if full else ", and it is not full, so exactly that"
             raise _error(
                 "write",
-                f"`added` ({added}) does not match the buffer's write head, which moved by "
-                f"{moved} steps since the last write (modulo its capacity, {capacity})",
+                f"`added` ({added}) does not match the buffer's write head, which shows "
+                f"{least} steps added since the last write (plus any whole multiple of its "
+                f"capacity, {capacity}{exactly})",
             )
         if added > capacity:
-            raise self._lost(int(added) - capacity, capacity)
-        return int(added)
+            raise self._lost(added - capacity, capacity)
+        return added
 
     def _steps_since_last_write(self, leaves: list[Any], index: int, full: bool) -> int:
+        """The steps to write, from the write head and fullness alone: never from the data,
+        whose equal bytes do not mean that nothing was added."""
         capacity = leaves[0].shape[1]
-        before, was_full = self._last_index, self._last_full
-        self._check_continues(index, full)
-        moved = (index - before) % capacity
-        first_wrap = full and not was_full
-        overwritten = self._last_step is not None and any(
-            last.tobytes() != np.ascontiguousarray(self._host(leaf, p, p + 1)).tobytes()
-            for leaf, last, p in zip(
-                leaves, self._last_step, [(before - 1) % capacity] * len(leaves)
+        least = self._least_added(capacity, index, full)
+        if least > capacity:
+            raise self._lost(least - capacity, capacity)
+        if least == 0 and full and not self._same_leaves(leaves):
+            raise _error(
+                "write",
+                f"the buffer is full and its write head ({index}) is where it was at the last "
+                "write: the state cannot show whether 0 steps or a whole multiple of its "
+                f"capacity ({capacity}) were added since. Pass the steps added since the last "
+                "write, `write(state, added=n)` (`added=0` if none)",
             )
-        )
-        if (first_wrap and index > before) or (overwritten and moved > 0):
-            raise self._lost(moved, capacity)
-        if moved == 0 and (first_wrap or overwritten):
-            return capacity
-        return moved
+        return least
+
+    def _same_leaves(self, leaves: list[Any]) -> bool:
+        """Whether `leaves` are the very arrays that the last write saw (alive): immutable
+        JAX arrays, so nothing was added to them since."""
+        refs = self._last_leaves
+        return refs is not None and all(ref() is leaf for ref, leaf in zip(refs, leaves))
 
     def write(
         self,
@@ -431,13 +645,22 @@ class Vault:
           cannot show how many times the buffer went round (Flashbax's state has no step
           counter); with `added`, every loss is found, however many wraps.
 
+        Without `added`, the steps to write come from the state's write head and `is_full`
+        alone, never from the data: how far the head moved since the last write (a whole
+        capacity when the buffer filled up with its head back where it was). Whole extra
+        wraps are invisible then: write at least once every `capacity` steps, or pass
+        `added`. A full buffer whose head did not move is ambiguous (nothing added, or a
+        whole multiple of the capacity): unless its experience is the very arrays the last
+        write saw (the same state again, not a copy), `write` raises and asks for `added`
+        (`added=0` if nothing was added).
+
         **Returns:** how many steps (per row) were written.
 
         **Raises:** `ValueError` if the state's structure differs from the vault's, if it
-        holds fewer steps than at the last write, or if steps were lost (see `skip_lost`).
-        Without `added`, a buffer that moved by exactly a whole multiple of its capacity is
-        written as one capacity's worth: write at least once every `capacity` steps, or pass
-        `added`. With it, `added` must agree with how far the write head moved.
+        holds fewer steps than at the last write, if steps were lost (see `skip_lost`), if
+        a full buffer's head did not move and `added` is not given (see above), or if
+        `added` disagrees with how far the write head moved. A refused write writes
+        nothing.
         """
         leaves, index, full = self._state_fields("write", fbx_state)
         capacity = leaves[0].shape[1]
@@ -471,10 +694,7 @@ class Vault:
             self._commit(leaves, pieces, dest, max(self.vault_index, dest + steps))
         self.vault_index = max(self.vault_index, dest + steps)
         self._last_index, self._last_full = index, full
-        self._last_step = [
-            np.array(self._host(leaf, (index - 1) % capacity, (index - 1) % capacity + 1))
-            for leaf in leaves
-        ]
+        self._last_leaves = _weak(leaves)
         return steps
 
     def _commit(
