@@ -281,10 +281,15 @@ def read(
     blocks), which XLA runs about a third faster than a gather of single steps. A block
     cannot wrap: the gather clamps a start past `capacity - length` back to it, so the few
     windows that wrap (about `samples * (length - 1) / capacity` per call) are read again
-    step by step, one loop iteration each, written over the sample in place. On an
-    accelerator, where each test of a loop's predicate synchronises with the host, every
-    step is gathered at its own wrapped time instead, with no loop (`_control.by_platform`).
+    step by step, one loop iteration each, written over the sample in place. When more
+    than a few windows can wrap (windows nearly as long as the ring), the loop would cost
+    more than the blocks save, so every step is gathered at its own wrapped time instead,
+    with no loop: `benchmarks/compare_family.py`, row n. So it is on an accelerator, where
+    each test of a loop's predicate synchronises with the host (`_control.by_platform`).
     """
+    samples, capacity = rows.shape[0], jtu.tree_leaves(storage)[0].shape[1]
+    if samples * (length - 1) > _LOOP_WRAPS * capacity:
+        return read_each_step(storage, rows, starts, length)
     return by_platform(
         lambda store, r, t: _read_blocks(store, r, t, length),
         lambda store, r, t: read_each_step(store, r, t, length),
@@ -292,6 +297,12 @@ def read(
         rows,
         starts,
     )
+
+
+# How many wrapping windows a sample may expect (`samples * (length - 1) / capacity`) before
+# `read` gathers single steps instead of blocks and a loop: between 6 (blocks faster) and 15
+# (single steps faster) in a micro-benchmark of 16 rows of `f32[64]` on this 2-core CPU.
+_LOOP_WRAPS = 8
 
 
 def read_each_step(

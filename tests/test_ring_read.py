@@ -34,6 +34,20 @@ def test_every_start_reads_its_window_wrapping_or_not(length):
     assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
 
 
+@pytest.mark.parametrize("samples,length", [(2, 4), (3, 4), (33, 4), (12, CAPACITY)])
+def test_the_read_is_chosen_by_how_many_windows_can_wrap(samples, length):
+    # Few wrapping windows expected (`samples * (length - 1) / capacity`): blocks, the
+    # wrapping ones re-read in a loop; many: every step gathered, no loop.
+    store = storage()
+    rows = jnp.arange(samples) % ROWS
+    starts = (jnp.arange(samples) * 5) % CAPACITY
+    read = jax.jit(_ring.read, static_argnums=3)
+    got = read(store, rows, starts, length)
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, expected(store, rows, starts, length)))
+    looped = "while" in read.lower(store, rows, starts, length).as_text()
+    assert looped == (samples * (length - 1) <= _ring._LOOP_WRAPS * CAPACITY)
+
+
 def test_read_under_vmap():
     store = jax.tree.map(lambda x: jnp.stack([x, x + 1]), storage())
     rows = jnp.array([[0, 2, 1], [1, 1, 0]])
