@@ -190,16 +190,13 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         del where
         steps = jtu.tree_leaves(batch)[0].shape[1]
         fits = steps <= self.max_length_time_axis - self._unread(state)
-        # The slots the steps go to, kept as they were when the add does not fit: a write of
-        # the batch's size either way, with no control flow (a branch over the storage
-        # would cost its whole size under `vmap`).
-        kept = jtu.tree_map(
-            lambda store, new: jnp.where(fits, new, _ring.span(store, state.write_index, steps)),
+        experience = jtu.tree_map(
+            lambda store, new: _ring.write_if(store, new, state.write_index, fits),
             state.experience,
             batch,
         )
-        experience, written_to, _ = _ring.append(
-            state.experience, kept, state.write_index, state.is_full
+        written_to, _ = _ring.advance(
+            state.write_index, state.is_full, steps, self.max_length_time_axis
         )
         write_index = jnp.where(fits, written_to, state.write_index)
         return TrajectoryQueueState(
