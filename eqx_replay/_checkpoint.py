@@ -1,11 +1,16 @@
 """Exact checkpoints of any buffer's state: `save_state` and `load_state`.
 
 The arrays are written by Orbax (`orbax-checkpoint`, over TensorStore: sharded and
-multi-host arrays, an atomic rename when the save completes). Next to them, as JSON, goes
-what the state is: the buffer's kind and configuration, each leaf's path, shape and dtype,
-and a checksum of each leaf. Loading checks all of it before and after reading, so a
-checkpoint of another kind, configuration or experience structure, or a damaged one, is a
+multi-host arrays). Next to them, as JSON, goes what the state is: the buffer's kind and
+configuration, each leaf's path, shape and dtype, and a BLAKE2b digest of the bytes of each
+leaf (of each part of a sharded leaf). Loading checks all of it before and after reading, so
+a checkpoint of another kind, configuration or experience structure, or a damaged one, is a
 clear error rather than a different state. Nothing is pickled.
+
+A save never removes the only complete checkpoint: it writes the new one beside the old
+(`<directory>.eqx_replay-new`), then swaps them by renames; `load_state` reads the new one
+there if a crash came between the renames, and the next save finishes the swap and removes
+what a crash left.
 
 Orbax is imported when these functions are called (the `io` extra): `import eqx_replay`
 does not need it.
@@ -14,31 +19,47 @@ does not need it.
 import dataclasses
 import functools as ft
 import gc
+import hashlib
 import json
 import os
+import re
+import shutil
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
-import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
-from jaxtyping import Array, PyTree, UInt32
+from jaxtyping import PyTree
 
 from ._base import AbstractBuffer
 from ._checks import check_example
 from ._jit import _deleted
-from ._sharding import run, Shards, state_specs
+from ._sharding import Shards, state_specs
 
 
 _FORMAT = "eqx_replay.state"
-_VERSION = 1
+_VERSION = 2
 _ARRAYS = "state"
 _DESCRIPTION = "eqx_replay"
 # Bytes per chunk of a saved array.
 _CHUNK_BYTES = 16 << 20
+# Beside `directory`: the new checkpoint until it is swapped in, and the old one while it is
+# swapped out. Orbax writes the new one under its own temporary name first.
+_NEW = ".eqx_replay-new"
+_OLD = ".eqx_replay-old"
+_ORBAX_TEMPORARY = ".orbax-checkpoint-tmp"
+# A part's digest: BLAKE2b-256 in BLAKE2's tree mode (its leaves BLAKE2b-512 of 4 MiB
+# pieces), so that a part's pieces are hashed in parallel (hashlib releases the GIL): on this
+# 2-core VM a 1.07 GB leaf took 1.2 s to hash in one piece, 0.65 s in pieces on two threads.
+_DIGEST_SIZE = 32
+_INNER_SIZE = 64
+_PIECE_BYTES = 4 << 20
 
 
 def _orbax() -> Any:
@@ -84,100 +105,129 @@ def _describe(leaf: Any) -> str:
     return f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
 
 
-# Elements checksummed at a time: only this many are converted to words at once.
-_BLOCK = 1 << 20
+def _range(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """A part's index (a shard's slices) as `(start, stop)` per axis."""
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
-def _words(x: Array) -> Array:
-    """Elements as unsigned 32-bit words (a 64-bit element as two, in order)."""
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    bits = x.dtype.itemsize * 8
-    unsigned = lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}"))
-    if bits == 64:
-        return lax.bitcast_convert_type(unsigned, jnp.uint32).reshape(-1)
-    return unsigned.astype(jnp.uint32)
+def _ranges(leaf: Any) -> list[tuple[tuple[int, int], ...]]:
+    """The distinct parts of a leaf, in order: one per shard of a sharded leaf (replicas
+    counted once), the whole leaf for a leaf on one device or in host memory."""
+    if not isinstance(leaf, jax.Array):
+        return [tuple((0, n) for n in np.shape(leaf))]
+    indices = leaf.sharding.devices_indices_map(leaf.shape).values()
+    return sorted({_range(index, leaf.shape) for index in indices})
 
 
-def _block_sums(block: Array, start: Array) -> UInt32[Array, "2"]:
-    """The two sums of a 1-d block whose first element is element `start` of its leaf."""
-    words = _words(block)
-    per = words.shape[0] // max(1, block.shape[0])
-    position = start * jnp.uint32(per) + lax.iota(jnp.uint32, words.shape[0])
-    first = jnp.sum(words * (2 * position + 1), dtype=jnp.uint32)
-    second = jnp.sum(
-        (words ^ jnp.uint32(0x5BD1E995)) * (position * jnp.uint32(0x9E3779B1) | 1),
-        dtype=jnp.uint32,
+def _own_parts(leaf: Any) -> list[tuple[tuple[tuple[int, int], ...], Any]]:
+    """The parts of a leaf that this process hashes when saving, with their data: each
+    part's first replica is hashed where it is; a leaf in host memory (NumPy's), by the first
+    process."""
+    if not isinstance(leaf, jax.Array):
+        return [(_ranges(leaf)[0], leaf)] if jax.process_index() == 0 else []
+    return [
+        (_range(shard.index, leaf.shape), shard.data)
+        for shard in leaf.addressable_shards
+        if shard.replica_id == 0
+    ]
+
+
+def _digest(part: Any, pool: ThreadPoolExecutor) -> bytes:
+    """The digest of a part's bytes, in C order, as handed to Orbax to write: a two-level
+    BLAKE2b tree (its root over the digests of the pieces). On the CPU the bytes are read
+    in place; from an accelerator one part at a time is copied to the host."""
+    data = np.ascontiguousarray(np.asarray(part)).reshape(-1).view(np.uint8)
+    starts = range(0, max(1, data.size), _PIECE_BYTES)
+    node = ft.partial(
+        hashlib.blake2b, fanout=0, depth=2, leaf_size=_PIECE_BYTES, inner_size=_INNER_SIZE
     )
-    return jnp.stack([first, second])
+
+    def piece(i: int) -> bytes:
+        last = i == len(starts) - 1
+        chunk = data[starts[i] : starts[i] + _PIECE_BYTES].data
+        return node(chunk, node_offset=i, node_depth=0, last_node=last).digest()
+
+    root = node(digest_size=_DIGEST_SIZE, node_depth=1, last_node=True)
+    for digest in pool.map(piece, range(len(starts))):
+        root.update(digest)
+    return root.digest()
 
 
-def _leaf_sums(leaf: Array, offset: Array) -> UInt32[Array, "2"]:
-    """Two position-weighted sums modulo 2**32 of a leaf's words, with odd weights: a change
-    to any one element always changes both; changes that cancel in both have odds of about
-    2**-64. Positions count from `offset` (where this part starts in the whole leaf), so the
-    sums of the parts of a sharded leaf add up to the whole leaf's. Block by block, so
-    that only one block at a time is converted to words."""
-    flat = leaf.reshape(-1)
-    size = flat.shape[0]
-    whole = size // _BLOCK
-    sums = jnp.zeros(2, jnp.uint32)
-    if whole:
-        sums = lax.fori_loop(
-            0,
-            whole,
-            lambda b, acc: (
-                acc
-                + _block_sums(
-                    lax.dynamic_slice_in_dim(flat, b * _BLOCK, _BLOCK),
-                    offset + jnp.uint32(_BLOCK) * b.astype(jnp.uint32),
-                )
-            ),
-            sums,
-        )
-    if size % _BLOCK or not size:
-        sums = sums + _block_sums(flat[whole * _BLOCK :], offset + jnp.uint32(whole * _BLOCK))
-    return sums
+def _save_digests(leaves: list[Any]) -> list[list[dict[str, Any]]]:
+    """Each leaf's parts with the digest of each, hashed by one process each and gathered,
+    so that every process writes the same description."""
+    parts = [_ranges(leaf) for leaf in leaves]
+    rows = {(k, r): i for i, (k, r) in enumerate((k, r) for k, rs in enumerate(parts) for r in rs)}
+    table = np.zeros((len(rows), _DIGEST_SIZE), np.uint8)
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for k, leaf in enumerate(leaves):
+            for r, data in _own_parts(leaf):
+                table[rows[k, r]] = np.frombuffer(_digest(data, pool), np.uint8)
+    if jax.process_count() > 1:
+        # Each row was filled by one process; the others hold zeros there.
+        table = np.bitwise_or.reduce(multihost_utils.process_allgather(table), axis=0)
+    return [
+        [
+            {"index": [list(axis) for axis in r], "blake2b": table[rows[k, r]].tobytes().hex()}
+            for r in rs
+        ]
+        for k, rs in enumerate(parts)
+    ]
 
 
-@ft.partial(jax.jit, static_argnums=(0, 1))
-def _checksums(
-    shards: Shards | None, specs: tuple[PartitionSpec, ...], leaves: list[Array]
-) -> list[UInt32[Array, "2"]]:
-    """Each leaf's sums, computed where the leaf is: a sharded state's on each device for
-    its part (`specs`: how each leaf is split), added up across the devices (a replicated
-    leaf counted once)."""
-    if shards is None:
-        return [_leaf_sums(leaf, jnp.uint32(0)) for leaf in leaves]
-    axis = shards.axis
-
-    def local(*parts: Array) -> list[Array]:
-        index = lax.axis_index(axis).astype(jnp.uint32)
-        sums = []
-        for part, spec in zip(parts, specs):
-            if len(spec):
-                mine = _leaf_sums(part, index * jnp.uint32(part.size % 2**32))
-            else:
-                mine = jnp.where(index == 0, _leaf_sums(part, jnp.uint32(0)), jnp.uint32(0))
-            sums.append(lax.psum(mine, axis))
-        return sums
-
-    return run(shards, local, tuple(leaves), tuple(specs), [PartitionSpec()] * len(leaves))
+def _matches(
+    leaf: jax.Array, saved: dict[tuple[tuple[int, int], ...], str], pool: ThreadPoolExecutor
+) -> bool:
+    """Whether every part of `leaf` that this process holds has the digest saved for it
+    (each part is held, and so checked, by at least one process)."""
+    seen: dict[tuple[tuple[int, int], ...], bool] = {}
+    for shard in leaf.addressable_shards:
+        r = _range(shard.index, leaf.shape)
+        if r not in seen:
+            seen[r] = saved.get(r) == _digest(shard.data, pool).hex()
+    return all(seen.values())
 
 
-def _checksum_list(buffer: AbstractBuffer, state: PyTree) -> list[list[int]]:
-    leaves = jtu.tree_leaves(state)
-    sharding = getattr(buffer, "sharding", None)
-    if sharding is None:
-        shards, specs = None, ()
-    else:
-        shards = Shards(sharding, sharding.spec[0], 0)
-        specs = tuple(
-            jtu.tree_leaves(
-                state_specs(shards, state), is_leaf=lambda x: isinstance(x, PartitionSpec)
+def _check_digests(
+    where: str, path: str, names: list[str], leaves: list[jax.Array], saved: list[Any]
+) -> None:
+    """Raises naming the first leaf whose bytes read differ from the bytes written, on
+    every process alike."""
+    file = os.path.join(path, _DESCRIPTION, "metadata")
+    try:
+        digests = [
+            {tuple(tuple(axis) for axis in part["index"]): part["blake2b"] for part in parts}
+            for parts in saved
+        ]
+    except (KeyError, TypeError):
+        raise ValueError(f"`{where}`: {path} is damaged: {file} has no valid 'digests'") from None
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        bad = np.array([not _matches(leaf, d, pool) for leaf, d in zip(leaves, digests)], np.uint8)
+    if jax.process_count() > 1:
+        bad = multihost_utils.process_allgather(bad).max(axis=0)
+    for name, wrong in zip(names, bad):
+        if wrong:
+            raise ValueError(
+                f"`{where}`: {path} is damaged: state leaf {name} does not match the BLAKE2b "
+                "digest of its bytes written with it"
             )
-        )
-    return [[int(v) for v in np.asarray(s)] for s in _checksums(shards, specs, leaves)]
+
+
+def _check_dtypes(where: str, leaves_with_paths: list[tuple[Any, Any]]) -> None:
+    """Refuses, before anything is written, a leaf whose dtype TensorStore (Orbax's storage)
+    cannot hold, such as uint4 (Orbax's own error came from deep inside its write)."""
+    import tensorstore as ts
+
+    for p, x in leaves_with_paths:
+        name = jnp.dtype(x.dtype).name
+        try:
+            ts.dtype(name)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`{where}`: state leaf {_leaf_name(p)} has dtype {name}, which a checkpoint "
+                "cannot hold (TensorStore, Orbax's storage, has no such type); store it as "
+                "another dtype"
+            ) from None
 
 
 def _check_buffer(where: str, buffer: object) -> AbstractBuffer:
@@ -189,6 +239,123 @@ def _check_buffer(where: str, buffer: object) -> AbstractBuffer:
     return buffer
 
 
+def _local_path(where: str, directory: object) -> str:
+    """`directory` as an absolute local path. Bytes and URLs are refused: Orbax would make
+    `gs://bucket/x` a local directory `gs:/bucket/x` while TensorStore read it as a URL."""
+    path = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(
+            f"`{where}`: `directory` must be a local path, a str or an os.PathLike of str; got "
+            f"{type(directory).__name__} {directory!r}"
+        )
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):
+        raise ValueError(
+            f"`{where}`: `directory` must be a local path; got the URL {path!r} (remote "
+            "storage is not supported: use a local or mounted directory)"
+        )
+    return os.path.abspath(path)
+
+
+def _holds(path: str) -> bool:
+    """Whether `path` holds a checkpoint: its description is written inside Orbax's temporary
+    directory, so a directory renamed into place with it is complete."""
+    return os.path.isfile(os.path.join(path, _DESCRIPTION, "metadata"))
+
+
+def _found(path: str) -> str:
+    """Where the checkpoint saved at `path` is: there, or beside it if a crash interrupted a
+    save between its renames (the old one renamed aside, the new one not yet in place)."""
+    new = path + _NEW
+    return new if not _holds(path) and _holds(new) else path
+
+
+def _check_target(where: str, path: str, overwrite: bool) -> None:
+    """A save writes where nothing is, or with `overwrite=True` replaces a checkpoint or an
+    empty directory; never a symbolic link (what it points to, or the link itself) or data
+    that is not a checkpoint."""
+    if os.path.islink(path):
+        raise ValueError(
+            f"`{where}`: {path} is a symbolic link (to {os.readlink(path)}); `directory` must "
+            "be the checkpoint's own path (a save replaces it by renames, which would replace "
+            "the link): save to the directory it points to, or remove the link"
+        )
+    if not (os.path.lexists(path) or _holds(path + _NEW)):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"`{where}`: {path} already exists; pass `overwrite=True` to replace it, or "
+            "save to a new directory"
+        )
+    if os.path.exists(path) and not (_holds(path) or _is_empty_directory(path)):
+        what = "a directory without " + os.path.join(_DESCRIPTION, "metadata")
+        raise ValueError(
+            f"`{where}`: {path} is not an eqx_replay checkpoint but "
+            f"{what if os.path.isdir(path) else 'a file'}; `overwrite=True` replaces only a "
+            "checkpoint written by `save_state` (or an empty directory): move it away "
+            "yourself, or save elsewhere"
+        )
+
+
+def _is_empty_directory(path: str) -> bool:
+    return os.path.isdir(path) and not os.listdir(path)
+
+
+def _make_parent(where: str, path: str) -> None:
+    """Makes the directory that will hold the checkpoint, as Orbax did."""
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"`{where}`: cannot make {parent}, the directory to hold {path} "
+            f"({type(error).__name__}: {error})"
+        ) from None
+
+
+def _remove(path: str) -> None:
+    """Removes what is at `path`: a symbolic link itself, never what it points to."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def _swap(new: str, path: str) -> None:
+    """Puts the complete checkpoint `new` (beside `path`) at `path`. At every instant a
+    complete checkpoint is at `path`, or at `new` where `load_state` then looks: the old
+    one is renamed aside, the new one into place, and only then is the old one removed."""
+    old = path + _OLD
+    _remove(old)
+    if os.path.lexists(path):
+        os.rename(path, old)
+    os.rename(new, path)
+    _fsync(os.path.dirname(path))
+    _remove(old)
+
+
+def _tidy(path: str) -> None:
+    """Finishes a swap that a crash interrupted, then removes what crashed saves left beside
+    `path` (never the only complete checkpoint: that is at `path` by then)."""
+    new = path + _NEW
+    if _holds(new) and not _holds(path):
+        _swap(new, path)
+    for leftover in (new + _ORBAX_TEMPORARY, new, path + _OLD):
+        _remove(leftover)
+
+
+def _on_primary(name: str, step: Callable[[], None]) -> None:
+    """Runs `step` on the first process alone (renames and removals must happen once), and
+    makes every process wait until it is done."""
+    if jax.process_index() == 0:
+        step()
+    _barrier(name)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"eqx_replay.save_state.{name}")
+
+
 def save_state(
     directory: str | os.PathLike[str],
     buffer: AbstractBuffer,
@@ -196,24 +363,30 @@ def save_state(
     *,
     overwrite: bool = False,
 ) -> None:
-    """Writes `state`, a state of `buffer`, to a new directory, exactly.
+    """Writes `state`, a state of `buffer`, to a directory, exactly.
 
     The state is neither changed nor consumed: keep using it after the call. The write is
-    complete when the call returns; it appears under `directory` only then (Orbax writes a
-    temporary directory and renames it), so a save interrupted by a crash leaves no
-    checkpoint there rather than a partial one.
+    complete when the call returns. It is written beside `directory` and renamed into place
+    only when complete and flushed to the disk, so at every instant `directory` holds one
+    complete checkpoint (the old or the new one) or, before a first save completes, none; a
+    crash between the renames of the swap leaves the new one beside it, where `load_state`
+    finds it. The next save cleans up what a crash left.
 
     **Arguments:**
 
-    - `directory`: where to write; it must not exist unless `overwrite=True`.
+    - `directory`: where to write, a local path (missing parent directories are made). It
+      must not exist unless `overwrite=True`, and must not be a symbolic link.
     - `buffer`: the buffer whose `init` made the state (its kind and configuration are
       recorded and checked by `load_state`).
     - `state`: the state, of any kind (sharded states too: each process writes its
       devices' parts; call it on every process).
-    - `overwrite`: replace an existing directory.
+    - `overwrite`: replace the checkpoint at `directory` (or an empty directory); anything
+      else there is an error, and is left as it is.
 
-    **Raises:** `TypeError`/`ValueError` for a state this buffer's `init` did not make, a
-    state whose arrays were donated to an earlier call, or an existing `directory`.
+    **Raises:** `TypeError`/`ValueError`, before anything is written, for a state this
+    buffer's `init` did not make, a state whose arrays were donated to an earlier call, a
+    leaf of a dtype a checkpoint cannot hold (uint4), an existing `directory` (without
+    `overwrite=True`, or that is not a checkpoint), a symbolic link, a URL or a bytes path.
     """
     where = "save_state"
     buffer = _check_buffer(where, buffer)
@@ -224,14 +397,11 @@ def save_state(
             "earlier call (`add` or `set_priorities`). Save the newest state, the one that "
             "call returned."
         )
-    path = os.path.abspath(os.fspath(directory))
-    if os.path.exists(path) and not overwrite:
-        raise ValueError(
-            f"`{where}`: {path} already exists; pass `overwrite=True` to replace it, or "
-            "save to a new directory"
-        )
+    path = _local_path(where, directory)
+    _check_target(where, path, overwrite)
     ocp = _orbax()
     leaves_with_paths = jtu.tree_flatten_with_path(state)[0]
+    _check_dtypes(where, leaves_with_paths)
     leaves = [leaf for _, leaf in leaves_with_paths]
     description = {
         "format": _FORMAT,
@@ -243,11 +413,14 @@ def save_state(
             {"path": _leaf_name(p), "dtype": jnp.dtype(x.dtype).name, "shape": list(x.shape)}
             for p, x in leaves_with_paths
         ],
-        "checksums": _checksum_list(buffer, state),
+        "digests": _save_digests(leaves),
     }
+    _make_parent(where, path)
+    new = path + _NEW
+    _on_primary("tidy", lambda: _tidy(path))
     checkpointer = _checkpointer(ocp)
     checkpointer.save(
-        path,
+        new,
         args=ocp.args.Composite(
             **{
                 _ARRAYS: ocp.args.PyTreeSave(
@@ -256,10 +429,11 @@ def save_state(
                 _DESCRIPTION: ocp.args.JsonSave(description),
             }
         ),
-        force=overwrite,
     )
     checkpointer.close()
-    _sync(path)
+    _sync(new)
+    _barrier("synced")
+    _on_primary("swapped", lambda: _swap(new, path))
 
 
 def _checkpointer(ocp: Any) -> Any:
@@ -277,16 +451,17 @@ def _checkpointer(ocp: Any) -> Any:
 
 
 def _sync(path: str) -> None:
-    """Flushes every file of the checkpoint, and the directory entries, to the disk: the
-    checkpoint survives a power loss once `save_state` returns."""
+    """Flushes every file of the checkpoint, and the directory entries, to the disk, before
+    it is renamed into place: what is renamed survives a power loss."""
     for root, _, names in os.walk(path):
         for name in [*names, "."]:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+            _fsync(os.path.join(root, name))
+    _fsync(os.path.dirname(path))
+
+
+def _fsync(path: str) -> None:
+    """Flushes a file, or a directory's entries (the renames done in it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -307,15 +482,28 @@ def _read_json(where: str, path: str, file: str) -> Any:
         ) from None
 
 
-def _read_description(where: str, path: str) -> dict[str, Any]:
-    if not os.path.isdir(path):
+def _no_checkpoint(where: str, path: str) -> FileNotFoundError:
+    """The error for a `path` where no checkpoint is, saying what is there instead."""
+    parent, name = os.path.split(path)
+    hint = ""
+    if os.path.islink(path):
+        hint = f" (a symbolic link to {os.readlink(path)}, which holds none)"
+    elif os.path.exists(path):
+        hint = " (a file)"
+    elif not os.path.isdir(parent):
+        hint = f" (its directory {parent} does not exist)"
+    else:
         unfinished = [
-            name
-            for name in sorted(os.listdir(os.path.dirname(path) or "."))
-            if name.startswith(os.path.basename(path) + ".orbax-checkpoint-tmp")
+            other
+            for other in sorted(os.listdir(parent))
+            if other.startswith(name + ".") and _ORBAX_TEMPORARY in other
         ]
-        hint = f" ({unfinished[0]} is there: a save that did not complete)" if unfinished else ""
-        raise FileNotFoundError(f"`{where}`: no checkpoint at {path}{hint}")
+        if unfinished:
+            hint = f" ({unfinished[0]} is there: a save that did not complete)"
+    return FileNotFoundError(f"`{where}`: no checkpoint at {path}{hint}")
+
+
+def _read_description(where: str, path: str) -> dict[str, Any]:
     file = os.path.join(path, _DESCRIPTION, "metadata")
     try:
         description = _read_json(where, path, file)
@@ -330,9 +518,13 @@ def _read_description(where: str, path: str) -> dict[str, Any]:
             f"`{where}`: {path} was written in checkpoint format version "
             f"{description.get('version')}; this eqx_replay reads version {_VERSION}"
         )
-    for key in ("kind", "configuration", "leaves", "checksums"):
+    for key in ("kind", "configuration", "leaves", "digests"):
         if key not in description:
             raise ValueError(f"`{where}`: {path} is damaged: {file} has no {key!r}")
+    if not isinstance(description["digests"], list) or len(description["digests"]) != len(
+        description["leaves"]
+    ):
+        raise ValueError(f"`{where}`: {path} is damaged: {file} has no valid 'digests'")
     return description
 
 
@@ -403,7 +595,7 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
 
     **Arguments:**
 
-    - `directory`: what `save_state` wrote.
+    - `directory`: what `save_state` wrote, or a symbolic link to it (followed).
     - `buffer`: a buffer of the same kind and configuration as the one saved (it may
       differ in `donate_state`; a sharded buffer may use another mesh with as many devices:
       the state is placed as this buffer's `init` places it).
@@ -412,14 +604,19 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
 
     **Returns:** the state, placed as `buffer.init(example)` would place it.
 
-    **Raises:** `FileNotFoundError` if there is no checkpoint at `directory` (a save that
-    did not complete leaves none); `ValueError` naming what differs if the checkpoint holds
-    another kind, configuration or experience structure, and if it is incomplete or
-    damaged (every leaf is checked against the checksum written with it).
+    **Raises:** `FileNotFoundError` if there is no checkpoint at `directory` (a first save
+    that did not complete leaves none; one interrupted while replacing a checkpoint leaves
+    the old or the new one, which is read); `ValueError` naming what differs if the
+    checkpoint holds another kind, configuration or experience structure, and if it is
+    incomplete or damaged (the bytes of every leaf are checked against the BLAKE2b digest
+    written with them); `TypeError`/`ValueError` for a bytes path or a URL.
     """
     where = "load_state"
     buffer = _check_buffer(where, buffer)
-    path = os.path.abspath(os.fspath(directory))
+    given = _local_path(where, directory)
+    path = _found(os.path.realpath(given))
+    if not os.path.isdir(path):
+        raise _no_checkpoint(where, given)
     description = _read_description(where, path)
     _compare(where, description, buffer)
     check_example(where, example)
@@ -471,11 +668,11 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
     finally:
         checkpointer.close()
     leaves = list(restored)
-    sums = _checksum_list(buffer, jtu.tree_unflatten(structure, leaves))
-    for (p, _), got, want in zip(leaves_with_paths, sums, description["checksums"]):
-        if got != want:
-            raise ValueError(
-                f"`{where}`: {path} is damaged: state leaf {_leaf_name(p)} does not match the "
-                f"checksum written with it (saved {want}, read {got})"
-            )
+    _check_digests(
+        where,
+        path,
+        [_leaf_name(p) for p, _ in leaves_with_paths],
+        leaves,
+        description["digests"],
+    )
     return jtu.tree_unflatten(structure, leaves)

@@ -1,10 +1,14 @@
 """`save_state` / `load_state`: exact round trips of every kind mid-wrap, continuation,
-mismatches named, damage detected, and the ways users checkpoint whole agents."""
+mismatches named, damage detected, saves killed at any moment, paths that hold no
+checkpoint, and the ways users checkpoint whole agents."""
 
 import os
 import pathlib
+import random
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +21,7 @@ import pytest
 
 import eqx_replay
 
+from . import checkpoint_saver
 from .helpers import quiet, tree_allclose
 
 
@@ -180,6 +185,12 @@ def test_round_trip_mid_wrap_is_exact_and_continues_identically(kind: str, tmp_p
         assert _same(sample, sample_loaded)
 
 
+def test_a_state_in_host_memory_saves_too(tmp_path: pathlib.Path) -> None:
+    buffer, state, _ = _saved(tmp_path)
+    eqx_replay.save_state(tmp_path / "host", buffer, jax.device_get(state))
+    assert _same(eqx_replay.load_state(tmp_path / "host", buffer, EXAMPLE), state)
+
+
 def test_saved_directory_records_kind_configuration_and_structure_as_json(tmp_path: Any) -> None:
     buffer = _prioritised()
     state = _rows(2, 3)(buffer, buffer.init(EXAMPLE), 0)
@@ -193,6 +204,11 @@ def test_saved_directory_records_kind_configuration_and_structure_as_json(tmp_pa
     assert {"path": ".experience['obs']", "dtype": "float32", "shape": [2, 10, 3]} in (
         description["leaves"]
     )
+    # One BLAKE2b-256 digest per leaf (one part each: the state is on one device).
+    assert len(description["digests"]) == len(description["leaves"])
+    obs = [leaf["path"] for leaf in description["leaves"]].index(".experience['obs']")
+    [part] = description["digests"][obs]
+    assert part["index"] == [[0, 2], [0, 10], [0, 3]] and len(bytes.fromhex(part["blake2b"])) == 32
     # No pickle anywhere in the checkpoint.
     for path in (tmp_path / "c").rglob("*"):
         if path.is_file():
@@ -318,7 +334,7 @@ def damage_cases(tmp_path: pathlib.Path) -> None:
             eqx_replay.load_state(damaged(change), buffer, EXAMPLE)
 
     # One bit of a large leaf's stored data (not compressed: the reader cannot tell), caught
-    # by the leaf's checksum.
+    # by the leaf's digest.
     big = _trajectory()
     big_example = {**EXAMPLE, "obs": jnp.zeros(4096, jnp.float32)}
     big_state = big.add(
@@ -332,8 +348,17 @@ def damage_cases(tmp_path: pathlib.Path) -> None:
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     data.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=r"leaf .experience\['obs'\] does not match the checksum"):
+    with pytest.raises(ValueError, match=r"leaf .experience\['obs'\] does not match the BLAKE2b"):
         eqx_replay.load_state(copy, big, big_example)
+
+
+def test_a_checkpoint_of_another_format_version_is_named(tmp_path: pathlib.Path) -> None:
+    # Version 1 checkpoints held two 32-bit sums per leaf instead of BLAKE2b digests.
+    buffer, _, directory = _saved(tmp_path)
+    file = directory / "eqx_replay" / "metadata"
+    file.write_text(file.read_text().replace('"version": 2', '"version": 1'))
+    with pytest.raises(ValueError, match=r"format version 1; this eqx_replay reads version 2"):
+        eqx_replay.load_state(directory, buffer, EXAMPLE)
 
 
 def test_an_unfinished_save_is_named(tmp_path: Any) -> None:
@@ -404,21 +429,293 @@ def test_import_does_not_need_the_io_extra() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_checksums_see_any_one_changed_element() -> None:
-    from eqx_replay._checkpoint import _checksums
+def test_digests_see_any_one_changed_element_two_sign_flips_and_moved_pieces() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eqx_replay._checkpoint import _digest, _PIECE_BYTES
 
     rng = np.random.default_rng(0)
-    for dtype, size in [
-        (jnp.bool_, 1000),
-        (jnp.uint8, 3 << 19),  # crosses a block boundary: the loop and the tail
-        (jnp.int16, 5000),
-        (jnp.float32, (1 << 20) * 2),
-        (jnp.bfloat16, 777),
-    ]:
-        base = jnp.asarray(rng.integers(0, 2, size)).astype(dtype)
-        sums = _checksums(None, (), [base])[0]
-        for position in rng.integers(0, size, 3):
-            changed = base.at[position].set(
-                jnp.logical_not(base[position]) if dtype == jnp.bool_ else base[position] + 1
+    with ThreadPoolExecutor(2) as pool:
+        for dtype, size in [
+            (jnp.bool_, 1000),
+            (jnp.uint8, _PIECE_BYTES * 3 // 2),  # a whole piece and half of one
+            (jnp.int16, 5000),
+            (jnp.float32, _PIECE_BYTES),  # exactly four pieces
+            (jnp.bfloat16, 777),
+            (jnp.complex64, 300),
+            (jnp.int4, 999),
+        ]:
+            base = jnp.asarray(rng.integers(0, 2, size)).astype(dtype)
+            digest = _digest(base, pool)
+            assert len(digest) == 32  # BLAKE2b-256
+            for position in [0, size - 1, *rng.integers(0, size, 3)]:
+                changed = base.at[position].set(
+                    jnp.logical_not(base[position]) if dtype == jnp.bool_ else base[position] + 1
+                )
+                assert _digest(changed, pool) != digest, (dtype, position)
+        # Two sign bits flipped: two position-weighted sums modulo 2**32 (checkpoint format
+        # version 1) changed by 2**31 each time, which cancels.
+        x = jnp.asarray(rng.standard_normal(1000), jnp.float32)
+        assert _digest(x.at[jnp.array([3, 700])].multiply(-1), pool) != _digest(x, pool)
+        # The same pieces in another order: each piece is hashed with its place.
+        pieces = jnp.asarray(rng.integers(0, 256, (2, _PIECE_BYTES)), jnp.uint8)
+        assert _digest(pieces[::-1], pool) != _digest(pieces, pool)
+
+
+def test_two_sign_bits_flipped_on_disk_are_caught(tmp_path: pathlib.Path) -> None:
+    # A leaf large enough to be stored as it is (TensorStore compresses small ones inline).
+    buffer = _trajectory()
+    example = {**EXAMPLE, "obs": jnp.zeros(4096, jnp.float32)}
+    values = 1000.5 + np.arange(2 * 10 * 4096, dtype=np.float32)
+    state = buffer.add(
+        buffer.init(example),
+        {**steps(0, 2, 10), "obs": jnp.asarray(values.reshape(2, 10, 4096))},
+    )
+    eqx_replay.save_state(tmp_path / "c", buffer, state)
+    files = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    for value in values[[7, 50_000]]:
+        # The one place of the value's bytes; its sign is bit 7 of its last byte.
+        pattern = value.tobytes()
+        [file] = [f for f in files if f.read_bytes().count(pattern) == 1]
+        raw = bytearray(file.read_bytes())
+        raw[raw.find(pattern) + 3] ^= 0x80
+        file.write_bytes(bytes(raw))
+    with pytest.raises(
+        ValueError, match=r"`load_state`: .* is damaged: state leaf .experience\['obs'\] does not"
+    ):
+        eqx_replay.load_state(tmp_path / "c", buffer, example)
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.complex64, jnp.int4, jnp.bfloat16, jnp.float8_e4m3fn, jnp.uint4]
+)
+def test_every_dtype_is_saved_exactly_or_refused_naming_the_leaf(
+    dtype: Any, tmp_path: pathlib.Path
+) -> None:
+    example = {"x": jnp.zeros(3, dtype), "n": jnp.int32(0)}
+    buffer = _trajectory()
+    numbers = jax.random.randint(jax.random.key(0), (2, 4, 3), -8, 8)
+    state = buffer.add(
+        buffer.init(example), {"x": numbers.astype(dtype), "n": jnp.zeros((2, 4), jnp.int32)}
+    )
+    if dtype == jnp.uint4:  # TensorStore has no such type
+        name = jnp.dtype(dtype).name
+        with pytest.raises(
+            TypeError, match=rf"`save_state`: state leaf .experience\['x'\] has dtype {name}"
+        ):
+            eqx_replay.save_state(tmp_path / "c", buffer, state)
+        assert not list(tmp_path.iterdir())
+        return
+    eqx_replay.save_state(tmp_path / "c", buffer, state)
+    loaded = eqx_replay.load_state(tmp_path / "c", buffer, example)
+    assert _same(loaded, state)
+    got, want = np.asarray(loaded.experience["x"]), np.asarray(state.experience["x"])
+    assert got.tobytes() == want.tobytes()
+
+
+def test_an_interrupted_swap_is_read_and_finished_by_the_next_save(
+    tmp_path: pathlib.Path,
+) -> None:
+    # What a crash between the swap's renames leaves: the old checkpoint renamed aside (here
+    # half removed), the new one complete beside the path, nothing at the path.
+    buffer, old, directory = _saved(tmp_path)
+    new = _rows(2, 3)(buffer, jax.tree.map(jnp.copy, old), 99)
+    eqx_replay.save_state(tmp_path / "other", buffer, new)
+    os.rename(directory, tmp_path / "ckpt.eqx_replay-old")
+    subprocess.run(["rm", "-r", str(tmp_path / "ckpt.eqx_replay-old" / "state")], check=True)
+    os.rename(tmp_path / "other", tmp_path / "ckpt.eqx_replay-new")
+    assert _same(eqx_replay.load_state(directory, buffer, EXAMPLE), new)
+    with pytest.raises(ValueError, match=r"already exists; pass `overwrite=True`"):
+        eqx_replay.save_state(directory, buffer, old)
+    assert _same(eqx_replay.load_state(directory, buffer, EXAMPLE), new)
+    newer = _rows(2, 3)(buffer, new, 199)
+    eqx_replay.save_state(directory, buffer, newer, overwrite=True)
+    assert _same(eqx_replay.load_state(directory, buffer, EXAMPLE), newer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_paths_that_hold_no_checkpoint_are_clear_errors(tmp_path: pathlib.Path) -> None:
+    # In a process of its own: without this suite's annotation checks, which would answer
+    # a bytes path before the library does.
+    code = (
+        "import pathlib, sys\n"
+        "from tests.test_checkpoint import path_cases\n"
+        "path_cases(pathlib.Path(sys.argv[1]))\n"
+        "print('path cases passed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0 and "path cases passed" in done.stdout, done.stderr[-3000:]
+
+
+def path_cases(tmp_path: pathlib.Path) -> None:
+    os.chdir(tmp_path)
+    buffer, state, directory = _saved(tmp_path)
+    later = _rows(2, 3)(buffer, jax.tree.map(jnp.copy, state), 99)
+
+    def intact() -> None:
+        assert _same(eqx_replay.load_state(directory, buffer, EXAMPLE), state)
+
+    # A URL: refused (Orbax made a local directory `gs:` and failed in TensorStore).
+    url = r"`(save|load)_state`: `directory` must be a local path; got the URL 'gs://b/ckpt'"
+    with pytest.raises(ValueError, match=url):
+        eqx_replay.save_state("gs://b/ckpt", buffer, state)
+    with pytest.raises(ValueError, match=url):
+        eqx_replay.load_state("gs://b/ckpt", buffer, EXAMPLE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+    # A bytes path.
+    for call in (
+        lambda: eqx_replay.save_state(os.fsencode(directory), buffer, later, overwrite=True),  # type: ignore[arg-type]
+        lambda: eqx_replay.load_state(os.fsencode(directory), buffer, EXAMPLE),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match=r"`(save|load)_state`: `directory` must be .* bytes"):
+            call()
+    intact()
+
+    # A missing parent directory: named by `load_state`, made by `save_state`; one that
+    # cannot be made (a file is in the way) is named.
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"`load_state`: no checkpoint at .*/none/ckpt \(its directory .*/none does not",
+    ):
+        eqx_replay.load_state(tmp_path / "none" / "ckpt", buffer, EXAMPLE)
+    eqx_replay.save_state(tmp_path / "made" / "ckpt", buffer, state)
+    assert _same(eqx_replay.load_state(tmp_path / "made" / "ckpt", buffer, EXAMPLE), state)
+    (tmp_path / "file").write_text("data")
+    with pytest.raises(ValueError, match=r"`save_state`: cannot make .*/file/sub, the directory"):
+        eqx_replay.save_state(tmp_path / "file" / "sub" / "ckpt", buffer, state)
+
+    # What is not a checkpoint is never replaced, even with `overwrite=True`; an empty
+    # directory is.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("keep")
+    for target, what in [("file", "a file"), ("data", "a directory without eqx_replay")]:
+        with pytest.raises(ValueError, match=rf"`save_state`: .* is not an .* but {what}"):
+            eqx_replay.save_state(tmp_path / target, buffer, state, overwrite=True)
+    assert (tmp_path / "file").read_text() == "data"
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["keep.txt"]
+    with pytest.raises(FileNotFoundError, match=r"`load_state`: no checkpoint at .*/file \(a"):
+        eqx_replay.load_state(tmp_path / "file", buffer, EXAMPLE)
+    (tmp_path / "empty").mkdir()
+    eqx_replay.save_state(tmp_path / "empty", buffer, state, overwrite=True)
+    assert _same(eqx_replay.load_state(tmp_path / "empty", buffer, EXAMPLE), state)
+
+    # A symbolic link to a checkpoint: followed by `load_state`; never written through (nor
+    # replaced) by `save_state`.
+    link = tmp_path / "link"
+    link.symlink_to(directory)
+    assert _same(eqx_replay.load_state(link, buffer, EXAMPLE), state)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"`save_state`: .*/link is a symbolic link \(to "):
+            eqx_replay.save_state(link, buffer, later, overwrite=overwrite)
+    assert link.is_symlink() and os.readlink(link) == str(directory)
+    intact()
+
+    # A dangling symbolic link.
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"`save_state`: .*/dangling is a symbolic link"):
+            eqx_replay.save_state(dangling, buffer, state, overwrite=overwrite)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"`load_state`: no checkpoint at .*/dangling \(a symbolic link to .*/nowhere",
+    ):
+        eqx_replay.load_state(dangling, buffer, EXAMPLE)
+    assert dangling.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def _read_line(server: subprocess.Popen[str], stderr: pathlib.Path) -> str:
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    assert line, f"the saver stopped: {stderr.read_text()[-3000:]}"
+    return line
+
+
+def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Children of one server (`checkpoint_saver.py`) save states 1, 2, 3, ... over state 0
+    # with `overwrite=True`, and are killed with SIGKILL: at random moments ("wait", mostly
+    # inside Orbax's write), and right after their n-th rename (five per save: Orbax's three
+    # of its temporary directories, then the swap's two), unlink and rmdir (removing the old
+    # checkpoint, or a crash's leftovers), fsync (before the swap). After every kill, the
+    # path holds the last state saved or the one being saved, exactly.
+    directory = tmp_path / "ckpt"
+    buffer = checkpoint_saver.buffer()
+    eqx_replay.save_state(directory, buffer, checkpoint_saver.state(0))
+    plans = (
+        ["wait"] * 12
+        + [f"rename {n}" for n in range(1, 10)]
+        + [f"unlink {n}" for n in (1, 8, 15)]
+        + [f"rmdir {n}" for n in (3, 7)]
+        + [f"fsync {n}" for n in (1, 12, 24)]
+    )
+    random.Random(0).shuffle(plans)
+    stderr = tmp_path / "saver.err"
+    with open(stderr, "w") as errors:
+        server = subprocess.Popen(
+            [sys.executable, str(pathlib.Path(checkpoint_saver.__file__)), str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,
+        )
+    # The server and its children share a process group: a watchdog ends them all.
+    watchdog = threading.Timer(240, os.killpg, (server.pid, signal.SIGKILL))
+    watchdog.start()
+    assert server.stdin is not None
+    rng = random.Random(1)
+    saved = 0
+    outcomes = []
+    try:
+        for plan in plans:
+            server.stdin.write(f"{saved + 1} {plan}\n")
+            server.stdin.flush()
+            child = int(_read_line(server, stderr).split()[1])
+            completed = [saved]
+            if plan == "wait":
+                completed.append(int(_read_line(server, stderr)))
+                threading.Event().wait(rng.uniform(0, 0.15))
+                os.kill(child, signal.SIGKILL)
+            while not (line := _read_line(server, stderr)).startswith("ended"):
+                completed.append(int(line))
+            status = int(line.split()[1])
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+                plan,
+                stderr.read_text()[-3000:],
             )
-            assert not bool(jnp.any(_checksums(None, (), [changed])[0] == sums)), (dtype, position)
+            swapping = not directory.exists()
+            loaded = eqx_replay.load_state(directory, buffer, checkpoint_saver.EXAMPLE)
+            last = max(completed)
+            held = [n for n in (last, last + 1) if _same(loaded, checkpoint_saver.state(n))]
+            assert held, (plan, last)
+            saved = held[0]
+            outcomes.append((plan, "swapping" if swapping else saved - last))
+    finally:
+        server.stdin.close()
+        watchdog.cancel()
+        try:
+            server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            server.stdout.close()  # pyright: ignore[reportOptionalMemberAccess] # a pipe
+    # Kills left the old checkpoint, the new one, and the new one beside the path while the
+    # old one was renamed aside (a kill between the swap's renames).
+    assert {outcome for _, outcome in outcomes} == {0, 1, "swapping"}, outcomes
+    # The next save leaves the new checkpoint alone, with no leftovers beside it.
+    eqx_replay.save_state(directory, buffer, checkpoint_saver.state(saved + 1), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "saver.err"]
+    assert _same(
+        eqx_replay.load_state(directory, buffer, checkpoint_saver.EXAMPLE),
+        checkpoint_saver.state(saved + 1),
+    )
