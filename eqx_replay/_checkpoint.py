@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,12 +40,15 @@ from jaxtyping import PyTree
 
 from ._base import AbstractBuffer
 from ._checks import check_example
+from ._checksums_v1 import checksum_list
 from ._jit import _deleted
 from ._sharding import Shards, state_specs
 
 
 _FORMAT = "eqx_replay.state"
 _VERSION = 2
+# Checkpoints of format 1 (two 32-bit sums per leaf instead of digests) are still read.
+_VERSION_1 = 1
 _ARRAYS = "state"
 _DESCRIPTION = "eqx_replay"
 # Bytes per chunk of a saved array.
@@ -55,8 +59,8 @@ _NEW = ".eqx_replay-new"
 _OLD = ".eqx_replay-old"
 _ORBAX_TEMPORARY = ".orbax-checkpoint-tmp"
 # A part's digest: BLAKE2b-256 in BLAKE2's tree mode (its leaves BLAKE2b-512 of 4 MiB
-# pieces), so that a part's pieces are hashed in parallel (hashlib releases the GIL): on this
-# 2-core VM a 1.07 GB leaf took 1.2 s to hash in one piece, 0.65 s in pieces on two threads.
+# pieces), so that a part's pieces are hashed in parallel (hashlib releases the GIL); what
+# hashing adds to a save is in `benchmarks/checkpoint_throughput.py`.
 _DIGEST_SIZE = 32
 _INNER_SIZE = 64
 _PIECE_BYTES = 4 << 20
@@ -110,32 +114,43 @@ def _range(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int,
     return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
-def _ranges(leaf: Any) -> list[tuple[tuple[int, int], ...]]:
-    """The distinct parts of a leaf, in order: one per shard of a sharded leaf (replicas
-    counted once), the whole leaf for a leaf on one device or in host memory."""
-    if not isinstance(leaf, jax.Array):
-        return [tuple((0, n) for n in np.shape(leaf))]
-    indices = leaf.sharding.devices_indices_map(leaf.shape).values()
-    return sorted({_range(index, leaf.shape) for index in indices})
+_Range = tuple[tuple[int, int], ...]
 
 
-def _own_parts(leaf: Any) -> list[tuple[tuple[tuple[int, int], ...], Any]]:
-    """The parts of a leaf that this process hashes when saving, with their data: each
-    part's first replica is hashed where it is; a leaf in host memory (NumPy's), by the first
-    process."""
-    if not isinstance(leaf, jax.Array):
-        return [(_ranges(leaf)[0], leaf)] if jax.process_index() == 0 else []
-    return [
-        (_range(shard.index, leaf.shape), shard.data)
-        for shard in leaf.addressable_shards
-        if shard.replica_id == 0
-    ]
+def _parts(placement: jax.sharding.Sharding, shape: tuple[int, ...]) -> dict[_Range, int]:
+    """The distinct parts of a leaf of `shape` placed by `placement` (as the buffer's `init`
+    places it), in order, each with the process that hashes it: that of the first device
+    holding it. Digests are of these parts whatever the state's own layout, so that a load
+    (which places the state as `init` does) finds each part's digest."""
+    owners: dict[_Range, int] = {}
+    for device, index in sorted(
+        placement.devices_indices_map(shape).items(), key=lambda item: item[0].id
+    ):
+        owners.setdefault(_range(index, shape), device.process_index)
+    return dict(sorted(owners.items()))
+
+
+def _part_data(where: str, name: str, leaf: Any, part: _Range) -> Any:
+    """The data of `part` of a leaf: the shard that holds exactly it when there is one (read
+    in place), otherwise sliced out of the leaf."""
+    if isinstance(leaf, jax.Array):
+        for shard in leaf.addressable_shards:
+            if _range(shard.index, leaf.shape) == part:
+                return shard.data
+        if not leaf.is_fully_addressable:
+            raise ValueError(
+                f"`{where}`: state leaf {name} is split over the processes otherwise than "
+                "this buffer's `init` places it, so no process holds its part "
+                f"{[list(axis) for axis in part]}: save the state as the buffer placed it"
+            )
+    return leaf[tuple(slice(start, stop) for start, stop in part)]
 
 
 def _digest(part: Any, pool: ThreadPoolExecutor) -> bytes:
     """The digest of a part's bytes, in C order, as handed to Orbax to write: a two-level
     BLAKE2b tree (its root over the digests of the pieces). On the CPU the bytes are read
-    in place; from an accelerator one part at a time is copied to the host."""
+    in place; from an accelerator the part (a whole shard) is copied to host memory, one
+    part at a time, before Orbax copies it again to write it."""
     data = np.ascontiguousarray(np.asarray(part)).reshape(-1).view(np.uint8)
     starts = range(0, max(1, data.size), _PIECE_BYTES)
     node = ft.partial(
@@ -153,16 +168,20 @@ def _digest(part: Any, pool: ThreadPoolExecutor) -> bytes:
     return root.digest()
 
 
-def _save_digests(leaves: list[Any]) -> list[list[dict[str, Any]]]:
-    """Each leaf's parts with the digest of each, hashed by one process each and gathered,
-    so that every process writes the same description."""
-    parts = [_ranges(leaf) for leaf in leaves]
+def _save_digests(
+    where: str, names: list[str], leaves: list[Any], placements: list[jax.sharding.Sharding]
+) -> list[list[dict[str, Any]]]:
+    """Each leaf's parts (as the buffer's `init` places it) with the digest of each, hashed
+    by one process each and gathered, so that every process writes the same description."""
+    parts = [_parts(placement, np.shape(leaf)) for leaf, placement in zip(leaves, placements)]
     rows = {(k, r): i for i, (k, r) in enumerate((k, r) for k, rs in enumerate(parts) for r in rs)}
     table = np.zeros((len(rows), _DIGEST_SIZE), np.uint8)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        for k, leaf in enumerate(leaves):
-            for r, data in _own_parts(leaf):
-                table[rows[k, r]] = np.frombuffer(_digest(data, pool), np.uint8)
+        for k, (name, leaf) in enumerate(zip(names, leaves)):
+            for r, owner in parts[k].items():
+                if owner == jax.process_index():
+                    data = _part_data(where, name, leaf, r)
+                    table[rows[k, r]] = np.frombuffer(_digest(data, pool), np.uint8)
     if jax.process_count() > 1:
         # Each row was filled by one process; the others hold zeros there.
         table = np.bitwise_or.reduce(multihost_utils.process_allgather(table), axis=0)
@@ -339,7 +358,15 @@ def _tidy(path: str) -> None:
     new = path + _NEW
     if _holds(new) and not _holds(path):
         _swap(new, path)
-    for leftover in (new + _ORBAX_TEMPORARY, new, path + _OLD):
+    parent, name = os.path.split(new)
+    # Orbax names its temporary directory `<name>.orbax-checkpoint-tmp`, in some versions
+    # followed by a timestamp.
+    unfinished = [
+        os.path.join(parent, entry)
+        for entry in os.listdir(parent)
+        if entry.startswith(name + _ORBAX_TEMPORARY)
+    ]
+    for leftover in (*unfinished, new, path + _OLD):
         _remove(leftover)
 
 
@@ -367,10 +394,12 @@ def save_state(
 
     The state is neither changed nor consumed: keep using it after the call. The write is
     complete when the call returns. It is written beside `directory` and renamed into place
-    only when complete and flushed to the disk, so at every instant `directory` holds one
-    complete checkpoint (the old or the new one) or, before a first save completes, none; a
-    crash between the renames of the swap leaves the new one beside it, where `load_state`
-    finds it. The next save cleans up what a crash left.
+    only when complete and flushed to the disk, so at every instant one complete checkpoint
+    (the old or the new one; before a first save completes, none) is what `load_state` of
+    `directory` reads: at `directory`, or beside it (`<directory>.eqx_replay-new`) between
+    the two renames of the swap. The next save cleans up what a crash left. Do not load
+    from another process while saving to the same directory: a read that began before the
+    swap can find its files moved.
 
     **Arguments:**
 
@@ -413,7 +442,12 @@ def save_state(
             {"path": _leaf_name(p), "dtype": jnp.dtype(x.dtype).name, "shape": list(x.shape)}
             for p, x in leaves_with_paths
         ],
-        "digests": _save_digests(leaves),
+        "digests": _save_digests(
+            where,
+            [_leaf_name(p) for p, _ in leaves_with_paths],
+            leaves,
+            _placements(buffer, state),
+        ),
     }
     _make_parent(where, path)
     new = path + _NEW
@@ -513,19 +547,46 @@ def _read_description(where: str, path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(description, dict) or description.get("format") != _FORMAT:
         raise ValueError(f"`{where}`: {path} is not an eqx_replay checkpoint ({file})")
-    if description.get("version") != _VERSION:
+    version = description.get("version")
+    if version not in (_VERSION_1, _VERSION):
         raise ValueError(
-            f"`{where}`: {path} was written in checkpoint format version "
-            f"{description.get('version')}; this eqx_replay reads version {_VERSION}"
+            f"`{where}`: {path} was written in checkpoint format version {version}; this "
+            f"eqx_replay reads versions {_VERSION_1} and {_VERSION}"
         )
-    for key in ("kind", "configuration", "leaves", "digests"):
+    check = "checksums" if version == _VERSION_1 else "digests"
+    for key in ("kind", "configuration", "leaves", check):
         if key not in description:
             raise ValueError(f"`{where}`: {path} is damaged: {file} has no {key!r}")
-    if not isinstance(description["digests"], list) or len(description["digests"]) != len(
+    if not isinstance(description[check], list) or len(description[check]) != len(
         description["leaves"]
     ):
-        raise ValueError(f"`{where}`: {path} is damaged: {file} has no valid 'digests'")
+        raise ValueError(f"`{where}`: {path} is damaged: {file} has no valid {check!r}")
     return description
+
+
+def _check_version_1(
+    where: str,
+    path: str,
+    buffer: AbstractBuffer,
+    names: list[str],
+    state: PyTree,
+    saved: list[Any],
+) -> None:
+    """Checks a format-1 checkpoint's leaves against the two 32-bit sums it holds, and
+    warns that they can miss damage that format 2's digests catch."""
+    sums = checksum_list(getattr(buffer, "sharding", None), state)
+    for name, got, want in zip(names, sums, saved):
+        if got != want:
+            raise ValueError(
+                f"`{where}`: {path} is damaged: state leaf {name} does not match the "
+                f"checksum written with it (format {_VERSION_1}: saved {want}, read {got})"
+            )
+    warnings.warn(
+        f"`{where}`: {path} was written in checkpoint format {_VERSION_1}, whose checksums "
+        "(two 32-bit sums per leaf) can miss some damage; it matched them. Save it again "
+        f"(`save_state(..., overwrite=True)`) to store format {_VERSION}'s BLAKE2b digests",
+        stacklevel=3,
+    )
 
 
 def _compare(where: str, description: dict[str, Any], buffer: AbstractBuffer) -> None:
@@ -619,6 +680,11 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
         raise _no_checkpoint(where, given)
     description = _read_description(where, path)
     _compare(where, description, buffer)
+    # One step of zeros for each `jax.ShapeDtypeStruct`: `init`'s checks want arrays.
+    example = jtu.tree_map(
+        lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x,
+        example,
+    )
     check_example(where, example)
     expected = jax.eval_shape(buffer.init, example)
     leaves_with_paths, structure = jtu.tree_flatten_with_path(expected)
@@ -668,11 +734,10 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
     finally:
         checkpointer.close()
     leaves = list(restored)
-    _check_digests(
-        where,
-        path,
-        [_leaf_name(p) for p, _ in leaves_with_paths],
-        leaves,
-        description["digests"],
-    )
-    return jtu.tree_unflatten(structure, leaves)
+    names = [_leaf_name(p) for p, _ in leaves_with_paths]
+    state = jtu.tree_unflatten(structure, leaves)
+    if description["version"] == _VERSION_1:
+        _check_version_1(where, path, buffer, names, state, description["checksums"])
+    else:
+        _check_digests(where, path, names, leaves, description["digests"])
+    return state

@@ -2,6 +2,7 @@
 mismatches named, damage detected, saves killed at any moment, paths that hold no
 checkpoint, and the ways users checkpoint whole agents."""
 
+import json
 import os
 import pathlib
 import random
@@ -191,6 +192,24 @@ def test_a_state_in_host_memory_saves_too(tmp_path: pathlib.Path) -> None:
     assert _same(eqx_replay.load_state(tmp_path / "host", buffer, EXAMPLE), state)
 
 
+def test_a_state_placed_otherwise_than_init_places_it_saves_and_loads(tmp_path: Any) -> None:
+    # The digests are of the parts that `init`'s placement makes, whatever the state's own
+    # layout: an unsharded buffer's state split over this process's two CPU devices.
+    buffer, state, _ = _saved(tmp_path)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("d",))
+    split = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    split = eqx.tree_at(
+        lambda s: s.experience,
+        split,
+        jax.device_put(
+            state.experience, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+        ),
+    )
+    assert len(split.experience["obs"].addressable_shards) == 2
+    eqx_replay.save_state(tmp_path / "split", buffer, split)
+    assert _same(eqx_replay.load_state(tmp_path / "split", buffer, EXAMPLE), state)
+
+
 def test_saved_directory_records_kind_configuration_and_structure_as_json(tmp_path: Any) -> None:
     buffer = _prioritised()
     state = _rows(2, 3)(buffer, buffer.init(EXAMPLE), 0)
@@ -226,7 +245,7 @@ def _saved(tmp_path: Any) -> tuple[Any, Any, pathlib.Path]:
 
 
 def test_mismatches_are_named(tmp_path: Any) -> None:
-    buffer, _, directory = _saved(tmp_path)
+    buffer, state, directory = _saved(tmp_path)
     with pytest.raises(ValueError, match=r"max_length_time_axis: saved 10, buffer 12"):
         eqx_replay.load_state(
             directory,
@@ -247,6 +266,9 @@ def test_mismatches_are_named(tmp_path: Any) -> None:
         eqx_replay.load_state(directory, buffer, other_dtype)
     with pytest.raises(ValueError, match=r"not in the example's state: \[\".experience\['done'\]"):
         eqx_replay.load_state(directory, buffer, {"obs": EXAMPLE["obs"], "act": EXAMPLE["act"]})
+    # The example may be shapes and dtypes alone.
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), EXAMPLE)
+    assert _same(eqx_replay.load_state(directory, buffer, shapes), state)
     # A different `donate_state` is the same configuration.
     loaded = eqx_replay.load_state(directory, _trajectory(donate_state=False), EXAMPLE)
     assert loaded.current_index == 2
@@ -353,12 +375,44 @@ def damage_cases(tmp_path: pathlib.Path) -> None:
 
 
 def test_a_checkpoint_of_another_format_version_is_named(tmp_path: pathlib.Path) -> None:
-    # Version 1 checkpoints held two 32-bit sums per leaf instead of BLAKE2b digests.
     buffer, _, directory = _saved(tmp_path)
     file = directory / "eqx_replay" / "metadata"
-    file.write_text(file.read_text().replace('"version": 2', '"version": 1'))
-    with pytest.raises(ValueError, match=r"format version 1; this eqx_replay reads version 2"):
+    file.write_text(file.read_text().replace('"version": 2', '"version": 3'))
+    with pytest.raises(ValueError, match=r"format version 3; this eqx_replay reads versions 1 and"):
         eqx_replay.load_state(directory, buffer, EXAMPLE)
+
+
+# A checkpoint written by eqx_replay before BLAKE2b digests (format 1: two 32-bit sums per
+# leaf): the prioritised state of `_format_1_state`, saved by commit b73b718.
+FORMAT_1 = pathlib.Path(__file__).parent / "data" / "checkpoint_format_1"
+
+
+def _format_1_state() -> tuple[Any, Any]:
+    buffer = _prioritised()
+    state = buffer.init(EXAMPLE)
+    for i in range(5):
+        state = _rows(2, 3)(buffer, state, 7 * i)
+    sample = buffer.sample(state, jax.random.key(0))
+    return buffer, buffer.set_priorities(state, sample.indices, jnp.arange(1.0, 5.0))
+
+
+def test_a_format_1_checkpoint_still_loads_checked_by_its_sums(tmp_path: pathlib.Path) -> None:
+    buffer, state = _format_1_state()
+    with pytest.warns(UserWarning, match=r"format 1, whose checksums .* Save it again"):
+        loaded = eqx_replay.load_state(FORMAT_1, buffer, EXAMPLE)
+    assert _same(loaded, state)
+    # Saved again, it is format 2.
+    eqx_replay.save_state(tmp_path / "again", buffer, loaded)
+    assert '"version": 2' in (tmp_path / "again" / "eqx_replay" / "metadata").read_text()
+    # Its sums still find damage: one changed sum is a changed leaf.
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(FORMAT_1), str(copy)], check=True)
+    file = copy / "eqx_replay" / "metadata"
+    description = json.loads(file.read_text())
+    description["checksums"][0][0] ^= 1
+    file.write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=r"is damaged: state leaf .* \(format 1: saved"):
+        eqx_replay.load_state(copy, buffer, EXAMPLE)
 
 
 def test_an_unfinished_save_is_named(tmp_path: Any) -> None:
@@ -529,6 +583,13 @@ def test_an_interrupted_swap_is_read_and_finished_by_the_next_save(
         eqx_replay.save_state(directory, buffer, old)
     assert _same(eqx_replay.load_state(directory, buffer, EXAMPLE), new)
     newer = _rows(2, 3)(buffer, new, 199)
+    # What crashed saves leave of Orbax's temporary directories (named with a timestamp by
+    # some Orbax versions) goes too.
+    for leftover in (
+        "ckpt.eqx_replay-new.orbax-checkpoint-tmp",
+        "ckpt.eqx_replay-new.orbax-checkpoint-tmp-1733",
+    ):
+        (tmp_path / leftover / "state").mkdir(parents=True)
     eqx_replay.save_state(directory, buffer, newer, overwrite=True)
     assert _same(eqx_replay.load_state(directory, buffer, EXAMPLE), newer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
