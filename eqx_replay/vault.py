@@ -53,6 +53,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("eqx_replay.vault needs tensorstore: pip install 'eqx_replay[io]'") from error
 
+from ._queue import TrajectoryQueueState
 from ._trajectory import TrajectoryBufferState
 
 
@@ -325,6 +326,8 @@ def _discard(building: str | None, made: list[str]) -> None:
     if building is not None:
         shutil.rmtree(building, ignore_errors=True)
     for directory in made:
+        if not os.path.isdir(directory):
+            continue  # never made: the creation failed before it
         try:
             os.rmdir(directory)
         except OSError:
@@ -418,7 +421,7 @@ class Vault:
         # What the last `write` saw of the buffer: its write head, whether it was full, and
         # weak references to its leaves (the same arrays are proof that nothing was added).
         self._last_index = 0
-        self._last_full = False
+        self._last_full: bool | None = False
         self._last_leaves: list[weakref.ref] | None = None
 
     # -- creating and opening ---------------------------------------------------------------
@@ -507,10 +510,14 @@ class Vault:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _state_fields(self, where: str, state: Any) -> tuple[list[Any], int, bool]:
+    def _state_fields(self, where: str, state: Any) -> tuple[list[Any], int, bool | None]:
+        """The state's leaves, write head, and whether its ring has wrapped: `None` for a
+        trajectory queue, whose `is_full` means that every step is unread, so that its state
+        cannot show whether the ring wrapped."""
         leaves = self._experience(where, state)
-        index = state.current_index if hasattr(state, "current_index") else state.write_index
-        return leaves, int(index), bool(state.is_full)
+        if isinstance(state, TrajectoryQueueState):
+            return leaves, int(state.write_index), None
+        return leaves, int(state.current_index), bool(state.is_full)
 
     def _experience(self, where: str, state: Any) -> list[Any]:
         """The leaves of a state's experience, checked against the vault's."""
@@ -557,13 +564,16 @@ class Vault:
                 "buffer's later state. Open the vault again to write another buffer's steps",
             )
 
-    def _least_added(self, capacity: int, index: int, full: bool) -> int:
+    def _least_added(self, capacity: int, index: int, full: bool | None) -> int:
         """The fewest steps (per row) that take the buffer from what the last write saw to
         write head `index` and fullness `full`: how far the head moved, plus one capacity
         if the buffer filled up without its head passing the last write's. Any further
-        whole wraps leave no trace in a state."""
-        self._check_continues(index, full)
+        whole wraps leave no trace in a state. (A queue's, `full is None`: how far the
+        head moved.)"""
         moved = (index - self._last_index) % capacity
+        if full is None:
+            return moved
+        self._check_continues(index, full)
         filled = full and not self._last_full
         return moved + capacity if filled and index >= self._last_index else moved
 
@@ -577,14 +587,14 @@ class Vault:
             "still holds"
         )
 
-    def _steps_counted(self, capacity: int, index: int, full: bool, added: int) -> int:
+    def _steps_counted(self, capacity: int, index: int, full: bool | None, added: int) -> int:
         """The steps to write when the caller counted `added` since the last write."""
         if isinstance(added, bool) or not isinstance(added, (int, np.integer)) or added < 0:
             raise _error("write", f"`added` must be an int >= 0; got {added!r}")
         added = int(added)
         least = self._least_added(capacity, index, full)
-        if added < least or (added - least) % capacity or (not full and added != least):
-            exactly = "" if full else ", and it is not full, so exactly that"
+        if added < least or (added - least) % capacity or (full is False and added != least):
+            exactly = ", and it is not full, so exactly that" if full is False else ""
             raise _error(
                 "write",
                 f"`added` ({added}) does not match the buffer's write head, which shows "
@@ -595,17 +605,18 @@ class Vault:
             raise self._lost(added - capacity, capacity)
         return added
 
-    def _steps_since_last_write(self, leaves: list[Any], index: int, full: bool) -> int:
+    def _steps_since_last_write(self, leaves: list[Any], index: int, full: bool | None) -> int:
         """The steps to write, from the write head and fullness alone: never from the data,
         whose equal bytes do not mean that nothing was added."""
         capacity = leaves[0].shape[1]
         least = self._least_added(capacity, index, full)
         if least > capacity:
             raise self._lost(least - capacity, capacity)
-        if least == 0 and full and not self._same_leaves(leaves):
+        if least == 0 and full is not False and not self._same_leaves(leaves):
+            what = "the buffer is full" if full else "the state is a trajectory queue's"
             raise _error(
                 "write",
-                f"the buffer is full and its write head ({index}) is where it was at the last "
+                f"{what} and its write head ({index}) is where it was at the last "
                 "write: the state cannot show whether 0 steps or a whole multiple of its "
                 f"capacity ({capacity}) were added since. Pass the steps added since the last "
                 "write, `write(state, added=n)` (`added=0` if none)",
@@ -634,7 +645,9 @@ class Vault:
 
         - `fbx_state`: a buffer state with `experience` (leaves `(rows, time, ...)`),
           `current_index` and `is_full` (any eqx_replay trajectory, flat or item state, or
-          Flashbax's), or a trajectory queue's state.
+          Flashbax's), or a trajectory queue's state (whose `is_full` says that every step
+          is unread, not that its ring wrapped: its steps are counted by how far its write
+          head moved, and a head that did not move needs `added`).
         - `source_interval`: `(start, stop)` time indices of the buffer to write instead
           (wrapping when `stop < start`), as in Flashbax; `(0, 0)` means "what is new".
         - `dest_start`: where to write in the vault (default: at its end, `vault_index`).

@@ -233,6 +233,36 @@ def test_a_buffer_moved_by_exactly_its_capacity_is_never_written_as_nothing(here
     assert leaf() is None
 
 
+def test_a_queue_is_written_as_its_write_head_moves_round(here: Any) -> None:
+    # A queue's `is_full` says every step is unread, not that its ring wrapped: its head
+    # goes round as it is read, and each write appends what it moved.
+    queue = eqx_replay.make_trajectory_queue(
+        max_length_time_axis=CAPACITY,
+        add_batch_size=ROWS,
+        add_sequence_length=3,
+        sample_sequence_length=3,
+    )
+    state = queue.init(EXAMPLE)
+    vault = Vault("q", experience_structure=state.experience, vault_uid="a")
+    step = 0
+    for _ in range(5):  # 15 steps: the head goes round the ring of 8 once
+        state = queue.add(state, numbered_u8(step, 3))
+        step += 3
+        state, _ = queue.sample(state)
+        assert vault.write(state) == 3
+    np.testing.assert_array_equal(_ids(vault.read().experience), _ids(numbered_u8(0, step)))
+    # Exactly a ring's worth between writes leaves the head where it was: `added` decides.
+    for _ in range(2):
+        state = queue.add(state, numbered_u8(step, 4))
+        step += 4
+        state, _ = queue.sample(state)
+        state, _ = queue.sample(state)
+    with pytest.raises(ValueError, match=r"the state is a trajectory queue's and its write head"):
+        vault.write(state)
+    assert vault.write(state, added=CAPACITY) == CAPACITY
+    np.testing.assert_array_equal(_ids(vault.read().experience), _ids(numbered_u8(0, step)))
+
+
 def test_a_state_that_is_not_a_continuation_is_refused(here: Any) -> None:
     buffer = trajectory_buffer()
     state = buffer.add(buffer.init(EXAMPLE), numbered_u8(0, 5))
@@ -386,6 +416,10 @@ def test_a_failed_creation_leaves_nothing_behind(here: Any) -> None:
     (here / "file").write_text("")
     with pytest.raises(ValueError, match=r"could not create the vault at .*/file/vaults/v/a"):
         Vault("v", experience_structure=state.experience, rel_dir="file/vaults", vault_uid="a")
+    assert _tree(here) == sorted([*before, "file"])
+    # A name too long for the file system: the directories made for it go as well.
+    with pytest.raises(ValueError, match=r"could not create the vault at .*/deep/vaults/n{300}"):
+        Vault("n" * 300, experience_structure=state.experience, rel_dir="deep/vaults")
     assert _tree(here) == sorted([*before, "file"])
 
 
