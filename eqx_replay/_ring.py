@@ -272,8 +272,9 @@ def write_if(
 def _write_if_scattered(storage: Array, steps: Array, current_index: Array, ok: Array) -> Array:
     """`write_if` as one scatter (the CPU's)."""
     capacity, num_steps = storage.shape[1], steps.shape[1]
-    times = rem(current_index + jnp.arange(num_steps, dtype=current_index.dtype), capacity)
-    times = jnp.where(ok, times, capacity)
+    offsets = jnp.arange(num_steps, dtype=current_index.dtype)
+    # Past the ring's end (dropped) when not `ok`, and distinct either way.
+    times = jnp.where(ok, rem(current_index + offsets, capacity), capacity + offsets)
     return storage.at[:, times].set(steps, mode="drop", unique_indices=True)
 
 
@@ -331,8 +332,8 @@ def read(
 
 
 # How many wrapping windows a sample may expect (`samples * (length - 1) / capacity`) before
-# `read` gathers single steps instead of blocks and a loop: between 6 (blocks faster) and 15
-# (single steps faster) in a micro-benchmark of 16 rows of `f32[64]` on this 2-core CPU.
+# `read` gathers single steps instead of blocks and a loop: the crossover of the two on the
+# CPU (`benchmarks/compare_family.py`, row n, is far past it).
 _LOOP_WRAPS = 8
 
 

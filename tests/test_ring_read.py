@@ -24,12 +24,14 @@ def expected(store, rows, starts, length):
     return jax.tree.map(lambda x: np.asarray(x)[np.asarray(rows)[:, None], times], store)
 
 
+@pytest.mark.parametrize("read", [_ring.read, _ring._read_blocks, _ring.read_each_step])
 @pytest.mark.parametrize("length", [1, 4, CAPACITY])
-def test_every_start_reads_its_window_wrapping_or_not(length):
+def test_every_start_reads_its_window_wrapping_or_not(length, read):
+    # `read` chooses between the other two by how many windows can wrap: each is checked.
     store = storage()
     starts = jnp.tile(jnp.arange(CAPACITY), ROWS)
     rows = jnp.repeat(jnp.arange(ROWS), CAPACITY)
-    got = jax.jit(_ring.read, static_argnums=3)(store, rows, starts, length)
+    got = jax.jit(read, static_argnums=3)(store, rows, starts, length)
     want = expected(store, rows, starts, length)
     assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
 
