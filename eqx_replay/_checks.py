@@ -329,6 +329,8 @@ def per_buffer(
 
     **Arguments:**
 
+    - `where`: the call, for errors.
+    - `state`: the state, with or without batch axes in front of every field.
     - `check`: the buffer's state check, `check(where, state)`, applied to one buffer's
       part (as shapes).
     - `query`: the query of one buffer's state.

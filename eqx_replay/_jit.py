@@ -33,7 +33,8 @@ The function around the `jax.jit` is a Python call and a `try` (~0.2 us, measure
   from one such as `jnp.full(shape, 1.0)`) is compiled for once more, as by any `jax.jit`,
   and made strongly typed of its dtype inside the compiled code: later calls with it take
   JAX's fast path like any other. (Converting such arguments before each call instead, to
-  share one compilation, cost a dispatch per call: 3.7x Flashbax's add of the same batch.)
+  share one compilation, cost a dispatch on every call: `benchmarks/compare_family.py`,
+  row m.)
 - *Donated states*: a state whose arrays were donated to an earlier `add` fails inside
   JAX; the error is replaced by one that says so and how to fix it.
 """
@@ -126,7 +127,11 @@ def _devices_error(
     ]
     first = devices[0][1] if devices else None
     if mesh is not None and first is not None and first != set(mesh.devices.flat):
-        state = [leaf for (path, leaf) in leaves if path[0] == leaves[0][0][0]]
+        state = [
+            leaf
+            for (path, leaf) in leaves
+            if path[0] == leaves[0][0][0] and isinstance(leaf, jax.Array)
+        ]
         return ValueError(
             f"`{where}`: the state is on devices {_ids(state)}, but this buffer's mesh is "
             f"on devices {sorted(d.id for d in mesh.devices.flat)}: the state was made "

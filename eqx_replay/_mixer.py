@@ -21,7 +21,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool
 
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
-from ._checks import check_key, check_priorities, per_buffer
+from ._checks import check_key, check_priorities, per_buffer, shape_str
 from ._config import mixer_config
 from ._guard import poison_sample
 from ._jit import compiled_method
@@ -82,6 +82,13 @@ class Mixer(eqx.Module):
             per_buffer(where, state, buffer._check_state, buffer._can_sample)
             for buffer, state in zip(self.buffers, states)
         ]
+        for i, answer in enumerate(answers[1:], start=1):
+            if answer.shape != answers[0].shape:
+                raise ValueError(
+                    f"`{where}`: states[0] has batch axes {shape_str(answers[0].shape)} in "
+                    f"front of its fields and states[{i}] has {shape_str(answer.shape)}; "
+                    "expected the same for every buffer"
+                )
         return ft.reduce(jnp.logical_and, answers)
 
     def _can_sample(self, states: list[Any]) -> Bool[Array, ""]:

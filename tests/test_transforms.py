@@ -148,6 +148,8 @@ def test_queries_of_pmapped_states_answer_per_buffer(kind):
     else:
         mixer = eqx_replay.make_mixer([buffer, buffer], 4, [1, 1])
         np.testing.assert_array_equal(mixer.can_sample([states, states]), [True, True])
+        with pytest.raises(ValueError, match=r"states\[0\] has batch axes \(2,\) .* \(\)"):
+            mixer.can_sample([states, nth(states, 0)])
     # Two batch axes, buffers in different conditions: one answer each.
     empty = nth(jax.pmap(buffer.init)(jax.tree.map(lambda x: jnp.stack([x, x]), example())), 0)
     grid = jax.tree.map(lambda a, b: jnp.stack([jnp.stack([a, b])] * 3), nth(states, 0), empty)
