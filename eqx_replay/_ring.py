@@ -117,18 +117,20 @@ def span(
     """The `width` consecutive time steps of every row from physical index `first`,
     wrapping around the ring (`width <= capacity`).
 
-    Read with slices of the ring, never a gather from it: XLA:CPU judges a gather by the
-    size of the array it reads from, and splits a gather from a large ring over its
-    thread pool, which costs more (measured: 6 to 28 us) than the read itself.
+    Read with slices, never a gather: XLA:CPU judges a gather by the size of the array it
+    reads from, and splits a gather from a large ring over its thread pool, which costs
+    more (measured: 6 to 28 us) than the read itself; and a gather of steps comes out in
+    another layout, copied once more (the queue's `sample`, `benchmarks/compare_family.py`
+    row l).
     """
     capacity = array.shape[1]
     tail = jnp.minimum(first, capacity - width)  # a slice from `tail` does not wrap
+    # The slice from `tail` and the ring's first `width` steps: the window starts `first -
+    # tail` steps into them (0 unless it wraps) and runs on into the head.
     pieces = jnp.concatenate(
         [lax.dynamic_slice_in_dim(array, tail, width, axis=1), array[:, :width]], axis=1
     )
-    # Where each step is in `pieces`: in the tail slice, or past the ring's end in the head.
-    times = first + jnp.arange(width)
-    return pieces[:, jnp.where(times < capacity, times - tail, width + times - capacity)]
+    return lax.dynamic_slice_in_dim(pieces, first - tail, width, axis=1)
 
 
 def ends_inside(
@@ -230,9 +232,11 @@ def _write_steps_vmap(
     return jax.vmap(_write_wrapping)(*args), True
 
 
-def _write_wrapping(storage: Array, steps: Array, current_index: Array) -> Array:
+def _write_wrapping(
+    storage: Array, steps: Array, current_index: Array, ok: Array | bool = True
+) -> Array:
     """`write` for any `current_index`, without control flow: two slice writes, each masked
-    so that only the positions that belong to this write change."""
+    so that only the positions that belong to this write change (none unless `ok`)."""
     capacity, num_steps = storage.shape[1], steps.shape[1]
     # The last `wrapped` steps go to the front of the ring. Rolling them to the front of
     # `steps` lets both pieces be written by slices of static size: the tail slice
@@ -243,12 +247,12 @@ def _write_wrapping(storage: Array, steps: Array, current_index: Array) -> Array
     tail_start = jnp.minimum(current_index, capacity - num_steps)
     old_tail = lax.dynamic_slice_in_dim(storage, tail_start, num_steps, axis=1)
     storage = lax.dynamic_update_slice_in_dim(
-        storage, jnp.where(offset >= wrapped, rolled, old_tail), tail_start, axis=1
+        storage, jnp.where((offset >= wrapped) & ok, rolled, old_tail), tail_start, axis=1
     )
     # Read after the first write: the two slices overlap when `2 * num_steps > capacity`.
     old_head = lax.slice_in_dim(storage, 0, num_steps, axis=1)
     return lax.dynamic_update_slice_in_dim(
-        storage, jnp.where(offset < wrapped, rolled, old_head), 0, axis=1
+        storage, jnp.where((offset < wrapped) & ok, rolled, old_head), 0, axis=1
     )
 
 
@@ -261,21 +265,13 @@ def write_if(
     """`write` if `ok`, otherwise `storage` unchanged; branch-free, so that under `vmap` it
     costs the size of the steps, never the storage's.
 
-    On the CPU, one in-place scatter whose positions are moved past the ring's end (and so
-    dropped) when not `ok`: for the few steps of a queue's add, cheaper than `write`'s
-    loops and a read of the slots to keep (`benchmarks/compare_family.py`, row l). On an
-    accelerator, where a scatter is slow, `write` of the steps or of the slots as they were.
+    On the CPU, the masked pair of slice writes (`_write_wrapping`), masked off entirely
+    when not `ok`: for the few steps of a queue's add, cheaper than `write`'s loops and a
+    read of the slots to keep, and, with the queue's reads in between, than a scatter
+    (`benchmarks/compare_family.py`, row l). On an accelerator, `write` of the steps or of
+    the slots as they were (see `_write_steps` for why not the masked pair there).
     """
-    return by_platform(_write_if_scattered, _write_if_selected, storage, steps, current_index, ok)
-
-
-def _write_if_scattered(storage: Array, steps: Array, current_index: Array, ok: Array) -> Array:
-    """`write_if` as one scatter (the CPU's)."""
-    capacity, num_steps = storage.shape[1], steps.shape[1]
-    offsets = jnp.arange(num_steps, dtype=current_index.dtype)
-    # Past the ring's end (dropped) when not `ok`, and distinct either way.
-    times = jnp.where(ok, rem(current_index + offsets, capacity), capacity + offsets)
-    return storage.at[:, times].set(steps, mode="drop", unique_indices=True)
+    return by_platform(_write_wrapping, _write_if_selected, storage, steps, current_index, ok)
 
 
 def _write_if_selected(storage: Array, steps: Array, current_index: Array, ok: Array) -> Array:
