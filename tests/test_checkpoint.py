@@ -278,11 +278,16 @@ def test_damage_is_a_clear_error(tmp_path: Any) -> None:
     # In a process of its own: after a failed read, Orbax's worker threads may report
     # "Event loop is closed" to Python's unraisable hook at any later moment, which this
     # suite's `filterwarnings = error` would pin on whichever test runs then.
+    _in_a_process_of_its_own("damage_cases", tmp_path)
+
+
+def _in_a_process_of_its_own(cases: str, tmp_path: pathlib.Path) -> None:
+    """Runs this module's function `cases(tmp_path)` in a new Python process."""
     code = (
         "import pathlib, sys\n"
-        "from tests.test_checkpoint import damage_cases\n"
-        "damage_cases(pathlib.Path(sys.argv[1]))\n"
-        "print('damage cases passed')\n"
+        f"from tests.test_checkpoint import {cases}\n"
+        f"{cases}(pathlib.Path(sys.argv[1]))\n"
+        "print('cases passed')\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)],
@@ -291,7 +296,7 @@ def test_damage_is_a_clear_error(tmp_path: Any) -> None:
         timeout=300,
         cwd=pathlib.Path(__file__).parent.parent,
     )
-    assert done.returncode == 0 and "damage cases passed" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0 and "cases passed" in done.stdout, done.stderr[-3000:]
 
 
 def damage_cases(tmp_path: pathlib.Path) -> None:
@@ -598,20 +603,7 @@ def test_an_interrupted_swap_is_read_and_finished_by_the_next_save(
 def test_paths_that_hold_no_checkpoint_are_clear_errors(tmp_path: pathlib.Path) -> None:
     # In a process of its own: without this suite's annotation checks, which would answer
     # a bytes path before the library does.
-    code = (
-        "import pathlib, sys\n"
-        "from tests.test_checkpoint import path_cases\n"
-        "path_cases(pathlib.Path(sys.argv[1]))\n"
-        "print('path cases passed')\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=pathlib.Path(__file__).parent.parent,
-    )
-    assert done.returncode == 0 and "path cases passed" in done.stdout, done.stderr[-3000:]
+    _in_a_process_of_its_own("path_cases", tmp_path)
 
 
 def path_cases(tmp_path: pathlib.Path) -> None:

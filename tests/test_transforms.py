@@ -20,7 +20,7 @@ from .helpers import to_numpy, tree_allclose
 ROWS, CAPACITY, LENGTH = 3, 12, 4
 
 
-def make_buffer(**overrides):
+def make_buffer(make=eqx_replay.make_trajectory_buffer, **overrides):
     config: dict[str, Any] = dict(
         add_batch_size=ROWS,
         sample_batch_size=5,
@@ -30,7 +30,7 @@ def make_buffer(**overrides):
         max_length_time_axis=CAPACITY,
     )
     config.update(overrides)
-    return eqx_replay.make_trajectory_buffer(**config)
+    return make(**config)
 
 
 def example():
@@ -102,18 +102,7 @@ def _query_kinds() -> dict[str, tuple[Any, Any, int]]:
     items: dict[str, Any] = dict(max_length=12, min_length=4, sample_batch_size=4)
     return {
         "trajectory": (make_buffer(), pieces, 2),
-        "prioritised": (
-            eqx_replay.make_prioritised_trajectory_buffer(
-                add_batch_size=ROWS,
-                sample_batch_size=5,
-                sample_sequence_length=LENGTH,
-                period=2,
-                min_length_time_axis=LENGTH,
-                max_length_time_axis=CAPACITY,
-            ),
-            pieces,
-            2,
-        ),
+        "prioritised": (make_buffer(eqx_replay.make_prioritised_trajectory_buffer), pieces, 2),
         "flat": (eqx_replay.make_flat_buffer(**flat), rows, 2),
         "prioritised-flat": (eqx_replay.make_prioritised_flat_buffer(**flat), rows, 2),
         "item": (eqx_replay.make_item_buffer(**items), step, 4),
