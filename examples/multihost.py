@@ -83,11 +83,10 @@ def worker(process: int, processes: int, port: int, checkpoint: str | None) -> N
             assert (windows_rows == windows_rows[:, :1]).all()
             assert (np.diff(windows_steps, axis=1) == 1).all()
             checked += len(windows_rows)
-    print(
+    say(
         f"process {process}/{processes}: {jax.local_device_count()} of {jax.device_count()} "
         f"devices, rows {mine[0]}..{mine[-1]} of {rows}; sampled {checked} windows, "
-        "every one from its own rows",
-        flush=True,
+        "every one from its own rows"
     )
     if checkpoint is not None:
         # Every process saves and loads together; each writes and reads its devices' rows.
@@ -102,12 +101,18 @@ def worker(process: int, processes: int, port: int, checkpoint: str | None) -> N
             buffer.sample(state, next_key).experience["step"].addressable_shards,
         ):
             assert np.array_equal(a.data, b.data)
-        print(
+        say(
             f"process {process}/{processes}: checkpoint saved and loaded, equal on its "
-            "devices, samples the same",
-            flush=True,
+            "devices, samples the same"
         )
     jax.distributed.shutdown()
+
+
+def say(line: str) -> None:
+    """Prints a line in one write: the processes share one pipe, and they finish their
+    collective steps at the same moment (`print` writes the text and its newline apart)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def free_port() -> int:
