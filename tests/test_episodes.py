@@ -20,8 +20,7 @@ import eqx_replay
 from eqx_replay._config import episode_config
 
 from .helpers import quiet, to_numpy, tree_allclose
-from .prioritised_reference import PrioritisedReference
-from .reference import TrajectoryReference, window_mask
+from .reference import PrioritisedReference, TrajectoryReference, window_mask
 
 
 ROW_CODE = 100_000  # a step's `step` leaf is `row * ROW_CODE + global time`

@@ -1,6 +1,6 @@
 """Element-for-element agreement with Flashbax 0.1.3 on the same adds.
 
-Samples are drawn from the same distribution (see `test_semantics.py`) but not from the same
+Samples are drawn from the same distribution (see `test_trajectory.py`) but not from the same
 random bits: `sample` draws all its indices with one `jax.random.bits` call.
 """
 

@@ -1,6 +1,7 @@
 """The prioritised trajectory buffer against its numpy reference, and its guarantees."""
 
 import collections
+import inspect
 import re
 import warnings
 
@@ -8,6 +9,7 @@ import equinox as eqx
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 import scipy.stats
@@ -15,9 +17,11 @@ from hypothesis import given, settings
 
 import eqx_replay
 import eqx_replay._sum_tree as sum_tree
+from eqx_replay._sum_tree import SMALLEST
 
-from .helpers import quiet, to_numpy, tree_allclose
-from .prioritised_reference import PrioritisedReference
+from .helpers import check_tree, quiet, to_numpy, tree_allclose
+from .helpers.small_buffer import batch, full_prioritised, ITEMS
+from .reference import PrioritisedReference
 
 
 ROW_CODE = 100_000  # a step's `step` leaf is `row * ROW_CODE + global time`
@@ -53,20 +57,6 @@ def check_against(state, ref):
     np.testing.assert_allclose(leaves, ref.priority, rtol=1e-6)
     np.testing.assert_allclose(float(state.max_priority), ref.max_priority, rtol=1e-6)
     check_tree(state.priorities)
-
-
-def check_tree(tree):
-    """Every group sum is the float32 sum of its children, recomputed, not accumulated."""
-    nodes, start = np.asarray(tree.nodes), 0
-    sizes = sum_tree._level_sizes(tree.num_leaves)
-    for below, above in zip(sizes, sizes[1:]):
-        children = nodes[start : start + below].reshape(-1, sum_tree.FANOUT)
-        sums = nodes[start + below : start + below + above]
-        np.testing.assert_allclose(sums[: len(children)], children.sum(axis=1), rtol=1e-6)
-        assert (sums[len(children) :] == 0).all() and (children.sum(axis=1) > 0).tolist() == (
-            sums[: len(children)] > 0
-        ).tolist()
-        start += below
 
 
 def check_sample(buffer, state, ref, sample):
@@ -203,63 +193,6 @@ def test_zero_total_never_gives_nan():
     np.testing.assert_array_equal(
         np.asarray(eqx_replay.importance_weights(sample.probabilities, 0.4)), 0
     )
-
-
-def test_sum_tree_stays_exact_and_never_samples_zero():
-    # The note reports the same at 10**6 updates; 2 * 10**4 here keeps the suite fast.
-    tree = eqx_replay.SumTree.zeros(1000)
-    rng = np.random.default_rng(0)
-
-    @jax.jit
-    def update(tree, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        items = jax.random.randint(k1, (64,), 0, 1000)
-        values = jax.random.uniform(k2, (64,)) * jnp.where(
-            jax.random.uniform(k3, (64,)) < 0.3, 0, 1
-        )
-        return tree.set(items, values, jnp.ones(64, bool))
-
-    def body(tree, key):
-        return update(tree, key), None
-
-    tree, _ = jax.lax.scan(
-        body, tree, jax.random.split(jax.random.key(int(rng.integers(99))), 20_000)
-    )
-    check_tree(tree)
-    leaves = np.asarray(tree.get(jnp.arange(1000)), np.float64)
-    assert abs(float(tree.total()) - leaves.sum()) <= 1e-6 * leaves.sum()
-    items, probabilities = tree.sample(jax.random.key(5), 100_000)
-    assert (leaves[np.asarray(items)] > 0).all()
-    np.testing.assert_allclose(
-        np.asarray(probabilities), leaves[np.asarray(items)] / leaves.sum(), rtol=1e-5
-    )
-
-
-@pytest.mark.parametrize("num_leaves", [7, 32, 1000, 40_000])
-def test_set_leaves_matches_set(num_leaves):
-    # Runs of consecutive items anywhere, the last ones included, as `add` writes them.
-    rng = np.random.default_rng(num_leaves)
-    tree = eqx_replay.SumTree.zeros(num_leaves)
-    for _ in range(12):
-        size = int(rng.integers(1, min(num_leaves, 70) + 1))
-        start = int(rng.choice([0, num_leaves - size, rng.integers(0, num_leaves - size + 1)]))
-        values = jnp.asarray(rng.uniform(0, 2, size) * (rng.uniform(size=size) < 0.7))
-        values = values.astype(jnp.float32)
-        expected = tree.set(jnp.arange(start, start + size), values, jnp.ones(size, bool))
-        tree = tree.set_leaves(jnp.array(start), values)
-        np.testing.assert_array_equal(np.asarray(tree.nodes), np.asarray(expected.nodes))
-        check_tree(tree)
-
-
-def test_duplicate_indices_last_wins():
-    tree = eqx_replay.SumTree.zeros(16)
-    tree = tree.set(
-        jnp.array([3, 5, 3, 3]),
-        jnp.array([1.0, 2.0, 3.0, 4.0]),
-        jnp.array([True, True, True, False]),
-    )
-    np.testing.assert_array_equal(np.asarray(tree.get(jnp.array([3, 5]))), [3.0, 2.0])
-    assert float(tree.total()) == 5.0
 
 
 def test_importance_weights():
@@ -415,23 +348,105 @@ def test_no_retracing(monkeypatch):
     assert eqx.debug.get_num_traces(traced_tree) == 1
 
 
-def test_deep_tree_samples_in_proportion_and_never_zero():
-    # 40,000 items: four levels of groups of 32; 50 positive items spread over them.
-    rng = np.random.default_rng(1)
-    items = rng.choice(40_000, 50, replace=False)
-    values = rng.uniform(0.1, 3.0, 50).astype(np.float32)
-    tree = eqx_replay.SumTree.zeros(40_000).set(
-        jnp.asarray(items), jnp.asarray(values), jnp.ones(50, bool)
-    )
-    assert len(sum_tree._level_sizes(40_000)) == 4
-    check_tree(tree)
-    drawn, probabilities = jax.jit(lambda t, k: t.sample(k, 50_000))(tree, jax.random.key(2))
-    drawn = np.asarray(drawn)
-    assert set(drawn.tolist()) <= set(items.tolist())
-    counts = np.array([(drawn == i).sum() for i in items])
-    assert scipy.stats.chisquare(counts, values / values.sum() * len(drawn)).pvalue > 1e-6
-    np.testing.assert_allclose(
-        np.asarray(probabilities),
-        np.asarray(tree.get(jnp.asarray(drawn))) / values.sum(),
-        rtol=1e-5,
-    )
+@pytest.mark.parametrize(
+    "exponent,priorities",
+    [
+        (2.0, [1e20] + [1.0] * (ITEMS - 1)),  # a TD error whose square overflows
+        (1e6, [2.0] + [1.0] * (ITEMS - 1)),  # an exponent that makes 2 overflow
+        (1.0, [3e38] + [1.0] * (ITEMS - 1)),  # one priority near float32's largest
+        (1.0, [1e38] * ITEMS),  # finite priorities whose sum overflows
+        (1.0, [1e-42] * ITEMS),  # subnormal priorities, flushed to zero by the CPU
+        (0.5, [3e38, 1e-42] * (ITEMS // 2)),  # both ends at once
+        (1.0, [1e-42] + [0.0] * (ITEMS - 1)),  # a single subnormal priority
+    ],
+)
+def test_priorities_at_float32_limits_stay_sampleable(exponent, priorities):
+    buffer, state = full_prioritised(exponent)
+    priorities = jnp.asarray(priorities, jnp.float32)
+    state = buffer.set_priorities(state, jnp.arange(ITEMS), priorities)
+    leaves = np.asarray(state.priorities.get(jnp.arange(ITEMS)))
+    total = float(state.priorities.total())
+    assert np.isfinite(total) and total > 0
+    # Every window with a positive priority keeps a positive, finite share of the total.
+    positive = np.asarray(priorities) > 0
+    assert np.all(leaves[positive] >= SMALLEST) and np.all(np.isfinite(leaves))
+    assert np.all(leaves[~positive] == 0)
+    assert np.isfinite(float(state.max_priority))
+    assert bool(buffer.can_sample(state))
+    sample = buffer.sample(state, jr.key(0))
+    items = np.asarray(sample.indices) % ITEMS
+    assert np.all(positive[items])
+    probabilities = np.asarray(sample.probabilities)
+    assert np.all(probabilities > 0) and np.all(np.isfinite(probabilities))
+    weights = np.asarray(eqx_replay.importance_weights(sample.probabilities, 1.0))
+    assert np.all(weights > 0) and np.all(weights <= 1) and weights.max() == 1
+    assert np.all(np.isfinite(np.asarray(sample.experience["obs"])))
+    # New windows inherit a finite maximum.
+    state = buffer.add(state, batch(2, value=2.0))
+    assert np.isfinite(float(state.priorities.total()))
+
+
+def test_exponent_zero_never_draws_an_item_set_to_priority_zero():
+    buffer, state = full_prioritised(0.0)
+    priorities = jnp.asarray([0.0, 5.0, 0.0, 1e-3] * (ITEMS // 4), jnp.float32)
+    state = buffer.set_priorities(state, jnp.arange(ITEMS), priorities)
+    zero = np.asarray(priorities) == 0
+    for seed in range(8):
+        sample = buffer.sample(state, jr.key(seed))
+        assert not np.any(zero[np.asarray(sample.indices) % ITEMS])
+        # Every positive priority is equally likely: uniform over the positive half.
+        np.testing.assert_allclose(np.asarray(sample.probabilities), 2 / ITEMS, rtol=1e-6)
+    # All set to zero: nothing can be drawn.
+    state = buffer.set_priorities(state, jnp.arange(ITEMS), jnp.zeros(ITEMS))
+    assert not bool(buffer.can_sample(state))
+
+
+def test_empty_set_priorities_and_importance_weights_are_no_ops():
+    buffer, state = full_prioritised(0.6)
+    expected = jax.tree.map(np.asarray, state)
+    state = buffer.set_priorities(state, jnp.zeros(0, jnp.int32), jnp.zeros(0, jnp.float32))
+    assert tree_allclose(jax.tree.map(np.asarray, state), expected)
+    assert eqx_replay.importance_weights(jnp.zeros(0), 0.4).shape == (0,)
+
+
+# Called as a user calls it, without this test run's import hook (whose beartype checks of
+# the annotations would speak first).
+importance_weights = inspect.unwrap(eqx_replay.importance_weights)
+
+
+@pytest.mark.parametrize(
+    "probabilities,beta,error,message",
+    [
+        (
+            jnp.ones((2, 3)),
+            0.4,
+            TypeError,
+            "`probabilities` must be a 1-d float array, `sample.probabilities`; got float32[2, 3]",
+        ),
+        (
+            jnp.ones(3, jnp.int32),
+            0.4,
+            TypeError,
+            "`probabilities` must be a 1-d float array, `sample.probabilities`; got int32[3]",
+        ),
+        (
+            [0.5, 0.5],
+            0.4,
+            TypeError,
+            "`probabilities` must be a 1-d float array, `sample.probabilities`; got list",
+        ),
+        (jnp.ones(3), float("nan"), ValueError, "`beta` must be in [0, 1]; got nan"),
+        (jnp.ones(3), 1.5, ValueError, "`beta` must be in [0, 1]; got 1.5"),
+        (jnp.ones(3), -0.1, ValueError, "`beta` must be in [0, 1]; got -0.1"),
+        (jnp.ones(3), "0.4", TypeError, "`beta` must be a number in [0, 1]; got str '0.4'"),
+        (jnp.ones(3), jnp.ones(2), TypeError, "`beta` must be a number in [0, 1]; got float32[2]"),
+    ],
+)
+def test_importance_weights_checks_its_input(probabilities, beta, error, message):
+    with pytest.raises(error, match=re.escape(f"`importance_weights`: {message}")):
+        importance_weights(probabilities, beta)
+
+
+def test_importance_weights_takes_a_traced_beta():
+    weights = jax.jit(eqx_replay.importance_weights)(jnp.asarray([0.25, 0.5]), jnp.float32(1))
+    np.testing.assert_allclose(np.asarray(weights), [1.0, 0.5])

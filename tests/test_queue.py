@@ -275,23 +275,3 @@ def test_add_and_sample_write_and_read_in_place():
             if " copy(" in line and line.split("=", 1)[-1].strip().startswith("f32[16,1024,64]")
         ]
         assert copies == [], method
-
-
-@pytest.mark.parametrize("steps", [1, 3, 8])
-def test_the_accelerator_write_matches_the_cpu_write(steps):
-    # `_ring.write_if`'s two branches (`_control.by_platform` picks one when lowering),
-    # checked against each other on the CPU at every write head, written or refused.
-    from eqx_replay import _ring
-
-    storage = jnp.arange(2 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 3)
-    new = -jnp.arange(2 * steps * 3, dtype=jnp.float32).reshape(2, steps, 3) - 1
-    cpu = jax.jit(_ring._write_wrapping)
-    other = jax.jit(_ring._write_if_selected)
-    for index in range(8):
-        for ok in (True, False):
-            args = (storage, new, jnp.int32(index), jnp.array(ok))
-            want = np.asarray(storage).copy()
-            if ok:
-                want[:, (index + np.arange(steps)) % 8] = np.asarray(new)
-            np.testing.assert_array_equal(cpu(*args), want)
-            np.testing.assert_array_equal(other(*args), want)

@@ -1,7 +1,6 @@
-"""The buffer composes: jit, vmap, scan, pmap, an Equinox agent, donation, no retracing."""
+"""The buffer composes: jit, vmap, scan, pmap, an Equinox agent, no retracing (donation and
+the compiled calls themselves: `test_jit.py`)."""
 
-import dataclasses
-import pickle
 from typing import Any
 
 import equinox as eqx
@@ -15,45 +14,16 @@ import eqx_replay
 import eqx_replay._ring as ring
 
 from .helpers import to_numpy, tree_allclose
-
-
-ROWS, CAPACITY, LENGTH = 3, 12, 4
-
-
-def make_buffer(make=eqx_replay.make_trajectory_buffer, **overrides):
-    config: dict[str, Any] = dict(
-        add_batch_size=ROWS,
-        sample_batch_size=5,
-        sample_sequence_length=LENGTH,
-        period=2,
-        min_length_time_axis=LENGTH,
-        max_length_time_axis=CAPACITY,
-    )
-    config.update(overrides)
-    return make(**config)
-
-
-def example():
-    return {"obs": jnp.zeros(2, jnp.float32), "step": jnp.int32(0)}
-
-
-def batches(count, steps, key=0, first_step=0):
-    """`count` batches; along each row the `step` leaf increases from batch to batch."""
-    obs = jr.normal(jr.key(key), (count, ROWS, steps, 2))
-    step = jnp.arange(count * ROWS * steps, dtype=jnp.int32).reshape(count, ROWS, steps)
-    step = step + first_step
-    return {"obs": obs, "step": step}
-
-
-def nth(tree, i):
-    return jax.tree.map(lambda x: x[i], tree)
-
-
-def sequential(buffer, stacked, count):
-    state = buffer.init(example())
-    for i in range(count):
-        state = buffer.add(state, nth(stacked, i))
-    return state
+from .helpers.composing import (
+    batches,
+    CAPACITY,
+    example,
+    LENGTH,
+    make_buffer,
+    nth,
+    ROWS,
+    sequential,
+)
 
 
 def test_jit():
@@ -236,35 +206,6 @@ def test_state_inside_an_equinox_agent():
     assert int(agent.buffer_state.current_index) == 0 and bool(agent.buffer_state.is_full)
 
 
-def test_add_donates_the_state_but_not_the_batch():
-    buffer = make_buffer()
-    state = buffer.init(example())
-    batch = nth(batches(1, 5), 0)
-    new = buffer.add(state, batch)
-    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
-    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(batch))
-    new = buffer.add(new, batch)  # the seed adds the same batch twice
-    assert int(new.current_index) == 10
-
-
-def test_donate_state_false_keeps_old_states():
-    buffer = make_buffer(donate_state=False)
-    assert buffer == dataclasses.replace(make_buffer(), donate_state=False)
-    state = buffer.init(example())
-    batch = nth(batches(1, 5), 0)
-    new = buffer.add(state, batch)
-    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
-    assert int(state.current_index) == 0 and float(jnp.abs(state.experience["obs"]).sum()) == 0
-    assert int(new.current_index) == 5
-
-
-def test_sample_does_not_consume_the_state():
-    buffer = make_buffer()
-    state = sequential(buffer, batches(1, 6), 1)
-    buffer.sample(state, jr.key(0))
-    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
-
-
 def test_no_retracing(monkeypatch):
     # A capacity no other test uses, so the compiled code is not cached yet.
     buffer = make_buffer(max_length_time_axis=23)
@@ -283,25 +224,3 @@ def test_no_retracing(monkeypatch):
     # A different time length is a different shape: exactly one new trace.
     with pytest.raises(RuntimeError, match="can only be traced 1 times"):
         buffer.add(state, nth(batches(1, 2), 0))
-
-
-class Learner(eqx.Module):
-    buffer: eqx_replay.TrajectoryBuffer
-    state: eqx_replay.TrajectoryBufferState
-
-
-def test_using_a_buffer_leaves_it_unchanged():
-    fresh, used = make_buffer(), make_buffer()
-    for method in ("add", "sample", "can_sample"):
-        getattr(used, method)  # the lookup itself
-    assert fresh == used and jax.tree.structure(fresh) == jax.tree.structure(used)
-    assert pickle.loads(pickle.dumps(used)) == fresh
-    # A buffer carried in a Module through `lax.scan` keeps the carry's structure.
-    learner = Learner(fresh, fresh.init(example()))
-
-    def body(learner, batch):
-        state = learner.buffer.add(learner.state, batch)
-        return eqx.tree_at(lambda lr: lr.state, learner, state), None
-
-    learner, _ = jax.lax.scan(body, learner, batches(4, 3))
-    assert int(learner.state.current_index) == 0 and bool(learner.state.is_full)

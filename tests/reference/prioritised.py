@@ -10,7 +10,7 @@ window's mask comes from the episode ends at its global times.
 
 import numpy as np
 
-from .reference import window_mask
+from .trajectory import window_mask
 
 
 class PrioritisedReference:

@@ -1,9 +1,8 @@
-"""Flat and item buffers, uniform and prioritised: Flashbax's states element for element in
-every add mode, samples of the right shape and distribution, clear errors, transforms."""
+"""`_layered`: what the flat and item buffers, uniform and prioritised, share: Flashbax's
+states element for element in every add mode, prioritised samples in proportion, poison,
+clear errors, transforms, in-place writes, no retracing."""
 
 import re
-import warnings
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -17,61 +16,19 @@ import eqx_replay
 import eqx_replay._ring as ring
 
 from .helpers import tree_allclose
-
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import flashbax
-
-
-EXAMPLE = {"obs": jnp.zeros(2, jnp.float32), "id": jnp.int32(0)}
-ROW_CODE = 1000  # an added step's `id` is `row * ROW_CODE + its time along the row`
-
-# (the name of the `make_*` function, the keyword of the batch axis, its value when there is
-# one, and the size of that axis in the batches of these tests)
-FLAT = ("make_flat_buffer", "add_batch_size", 3, 3)
-ITEM = ("make_item_buffer", "add_batches", True, 3)
-PRIORITISED_FLAT = ("make_prioritised_flat_buffer", "add_batch_size", 3, 3)
-PRIORITISED_ITEM = ("make_prioritised_item_buffer", "add_batches", True, 3)
-KINDS = [FLAT, ITEM, PRIORITISED_FLAT, PRIORITISED_ITEM]
-MODES = [(False, False), (True, False), (False, True), (True, True)]  # (batches, sequences)
-
-
-def make_both(kind, batches, sequences, **overrides):
-    name, batch_keyword, batch_value, _ = kind
-    config: dict[str, Any] = dict(
-        max_length=24, min_length=7, sample_batch_size=5, add_sequences=sequences
-    )
-    if batches:
-        config[batch_keyword] = batch_value
-    config.update(overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return getattr(eqx_replay, name)(**config), getattr(flashbax, name)(**config)
-
-
-def make(kind, batches=True, sequences=True, **overrides):
-    return make_both(kind, batches, sequences, **overrides)[0]
-
-
-def batch_for(kind, batches, sequences, steps, first_time, rng):
-    """A batch in the add mode: rows (or items) `b` of `steps` steps, with ids."""
-    rows = kind[3] if batches else 1
-    steps = steps if sequences else 1
-    ids = np.arange(rows)[:, None] * ROW_CODE + first_time + np.arange(steps)[None, :]
-    batch = {
-        "obs": rng.normal(size=(rows, steps, 2)).astype(np.float32),
-        "id": ids.astype(np.int32),
-    }
-
-    def drop(x):
-        if not sequences:
-            x = x[:, 0]
-        if not batches:
-            x = x[0]
-        return jnp.asarray(x)
-
-    return jax.tree.map(drop, batch)
+from .helpers.flat_item import (
+    batch_for,
+    EXAMPLE,
+    FLAT,
+    ITEM,
+    KINDS,
+    make,
+    make_both,
+    many,
+    MODES,
+    PRIORITISED_FLAT,
+    PRIORITISED_ITEM,
+)
 
 
 @pytest.mark.parametrize("batches,sequences", MODES)
@@ -90,58 +47,6 @@ def test_same_states_as_flashbax(kind, batches, sequences):
         assert int(state.current_index) == int(fstate.current_index)
         assert bool(state.is_full) == bool(fstate.is_full)
         assert bool(ours.can_sample(state)) == bool(theirs.can_sample(fstate))
-
-
-def filled_flat(kind, adds=12, steps=3):
-    buffer = make(kind)
-    state = buffer.init(EXAMPLE)
-    rng = np.random.default_rng(1)
-    for i in range(adds):
-        state = buffer.add(state, batch_for(kind, True, True, steps, i * steps, rng))
-    return buffer, state
-
-
-def many(buffer, state, draws):
-    """`draws` samples, each of the buffer's batch size, in one compiled call."""
-    keys = jr.split(jr.key(7), draws)
-    return jax.jit(jax.vmap(buffer.sample, in_axes=(None, 0)))(state, keys)
-
-
-@pytest.mark.parametrize("kind", [FLAT, PRIORITISED_FLAT], ids=["flat", "prioritised_flat"])
-def test_flat_samples_consecutive_steps_uniformly(kind):
-    buffer, state = filled_flat(kind)
-    capacity = 24 // 3
-    sample = many(buffer, state, 2000)
-    first = np.asarray(sample.experience.first["id"]).reshape(-1)
-    second = np.asarray(sample.experience.second["id"]).reshape(-1)
-    # The step after `first` in the same row, both stored: never across the write head.
-    np.testing.assert_array_equal(second, first + 1)
-    newest = 12 * 3 - 1
-    assert np.all(first % ROW_CODE >= newest - capacity + 1) and np.all(second % ROW_CODE <= newest)
-    # Uniform over the (rows x (capacity - 1)) stored pairs (equal priorities at first).
-    pairs = [r * ROW_CODE + t for r in range(3) for t in range(newest - capacity + 1, newest)]
-    counts = np.array([np.sum(first == p) for p in pairs])
-    assert counts.sum() == first.size
-    assert scipy.stats.chisquare(counts).pvalue > 1e-3
-
-
-@pytest.mark.parametrize("kind", [ITEM, PRIORITISED_ITEM], ids=["item", "prioritised_item"])
-def test_item_samples_stored_items_uniformly(kind):
-    buffer = make(kind)
-    state = buffer.init(EXAMPLE)
-    rng = np.random.default_rng(2)
-    for i in range(5):  # 5 adds of 3 x 4 items: 60 items through 24 slots
-        state = buffer.add(state, batch_for(kind, True, True, 4, 4 * i, rng))
-    sample = many(buffer, state, 2000)
-    ids = np.asarray(sample.experience["id"]).reshape(-1)
-    assert sample.experience["obs"].shape == (2000, 5, 2)
-    # Items are stored b-major: the last add's 12 items and the 12 before them.
-    stored = sorted(
-        r * ROW_CODE + t for i in (3, 4) for r in range(3) for t in range(4 * i, 4 * i + 4)
-    )
-    assert sorted(set(ids.tolist())) == stored
-    counts = np.array([np.sum(ids == s) for s in stored])
-    assert scipy.stats.chisquare(counts).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("kind", [PRIORITISED_FLAT, PRIORITISED_ITEM], ids=["flat", "item"])

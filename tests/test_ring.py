@@ -1,11 +1,15 @@
-"""`_ring.read`: windows read as contiguous slices, with the wrapping ones re-read."""
+"""`_ring`: the circular time axis. Windows read as contiguous slices (the wrapping ones
+re-read), spans, episode ends inside windows, the index arithmetic at the largest time axis,
+and each accelerator branch against the CPU's."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import eqx_replay._ring as ring
 from eqx_replay import _ring
+from eqx_replay._config import INT32_MAX
 
 
 ROWS, CAPACITY = 3, 11
@@ -84,6 +88,25 @@ def test_ends_inside_matches_a_scan_of_each_window(columns, period, length):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_ring_arithmetic_is_exact_at_the_largest_time_axis():
+    """The index arithmetic at the largest allowed time axis, against Python's integers."""
+    capacity = INT32_MAX // 2
+    for current, steps in [(capacity - 1, capacity), (capacity - 1, 1), (7, capacity - 3)]:
+        index, full = ring.advance(jnp.int32(current), jnp.bool_(False), steps, capacity)
+        assert int(index) == (current + steps) % capacity
+        assert bool(full) == (current + steps >= capacity)
+    length, period = 5, 3
+    count = int(ring.num_windows(jnp.int32(capacity - 1), jnp.bool_(True), capacity, length, 3))
+    assert count == (capacity - length) // period + 1
+    window = jnp.asarray([0, count - 1], jnp.int32)
+    starts = ring.window_start(window, jnp.int32(capacity - 1), jnp.bool_(True), capacity, 3)
+    expected = [(capacity - 1 + int(w) * period) % capacity for w in window]
+    assert [int(s) for s in starts] == expected
+    # The newest window ends at the step before the write head, never after.
+    last = expected[1]
+    assert (last + length - 1) % capacity <= capacity - 2
+
+
 # What accelerators compile (`_control.by_platform` picks it when lowering for GPU or TPU)
 # must agree with what the CPU compiles: checked here, on the CPU, branch against branch.
 
@@ -102,12 +125,21 @@ def test_the_accelerator_read_matches_the_cpu_read(length):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("ok", [True, False])
-def test_the_accelerator_poison_matches_the_cpu_poison(ok):
-    from eqx_replay import _guard
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_the_accelerator_write_matches_the_cpu_write(steps):
+    # `_ring.write_if`'s two branches (`_control.by_platform` picks one when lowering),
+    # checked against each other on the CPU at every write head, written or refused.
+    from eqx_replay import _ring
 
-    x = {"f": jnp.ones((4, 3)), "i": jnp.arange(4), "b": jnp.zeros(4, bool)}
-    looped = jax.jit(_guard.poison_looped)(jnp.array(ok), x)
-    selected = jax.jit(_guard.poison_selected)(jnp.array(ok), x)
-    for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(selected)):
-        assert np.array_equal(a, b, equal_nan=True)
+    storage = jnp.arange(2 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 3)
+    new = -jnp.arange(2 * steps * 3, dtype=jnp.float32).reshape(2, steps, 3) - 1
+    cpu = jax.jit(_ring._write_wrapping)
+    other = jax.jit(_ring._write_if_selected)
+    for index in range(8):
+        for ok in (True, False):
+            args = (storage, new, jnp.int32(index), jnp.array(ok))
+            want = np.asarray(storage).copy()
+            if ok:
+                want[:, (index + np.arange(steps)) % 8] = np.asarray(new)
+            np.testing.assert_array_equal(cpu(*args), want)
+            np.testing.assert_array_equal(other(*args), want)

@@ -1,6 +1,9 @@
-"""The buffer against the numpy reference: states after every add, and sampled windows."""
+"""The trajectory buffer: against the numpy reference (states after every add, and sampled
+windows), and the shape of its compiled add and sample (slices written in place, whole
+windows gathered, no copy of the storage)."""
 
 import collections
+import re
 
 import hypothesis.strategies as st
 import jax
@@ -13,6 +16,13 @@ from hypothesis import given, settings
 import eqx_replay
 
 from .helpers import quiet
+from .helpers.large_buffer import (
+    buffer_and_state,
+    CAPACITY,
+    compiled_add,
+    EXAMPLE,
+    storage_copies,
+)
 from .reference import TrajectoryReference
 
 
@@ -155,3 +165,36 @@ def test_windows_never_cross_the_write_head():
     windows = np.asarray(buffer.sample(state, jax.random.key(0)).experience["t"])
     np.testing.assert_array_equal(np.diff(windows, axis=1), 1)
     assert set(windows[:, 0]) == set(range(5, 11))
+
+
+@pytest.mark.parametrize("steps,updates_per_leaf", [(1, 1), (8, 3), (CAPACITY // 2 + 1, 3)])
+def test_add_writes_slices_in_place(steps, updates_per_leaf):
+    hlo = compiled_add(steps)
+    assert "scatter" not in hlo
+    # One slice write on the path that does not wrap, two on the one that does (t > 1).
+    assert len(re.findall(r"dynamic-update-slice\(", hlo)) == updates_per_leaf * len(EXAMPLE)
+    assert storage_copies(hlo) == []
+
+
+def test_donated_add_aliases_the_state():
+    hlo = compiled_add(1)
+    header = hlo.splitlines()[0]
+    # Every storage leaf, the write head and the fullness flag are updated in place.
+    assert header.count("may-alias") + header.count("must-alias") == len(EXAMPLE) + 2
+
+
+def test_sample_has_no_host_callback():
+    buffer, state = buffer_and_state()
+    hlo = buffer.sample.lower(state, jax.random.key(0)).compile().as_text()  # pyright: ignore[reportFunctionMemberAccess] # a jitted function
+    assert "custom-call(" not in hlo
+    assert "scatter" not in hlo
+
+
+def test_sample_gathers_whole_windows_without_copying_the_storage():
+    buffer, state = buffer_and_state()
+    hlo = buffer.sample.lower(state, jax.random.key(0)).compile().as_text()  # pyright: ignore[reportFunctionMemberAccess] # a jitted function
+    # One gather per leaf reads whole windows of `sample_sequence_length` steps, and the
+    # gather that re-reads the rare wrapping windows runs inside a loop.
+    windows = re.findall(r"slice_sizes=\{1,4(?:,64)?\}", hlo)
+    assert len(windows) == len(EXAMPLE)
+    assert storage_copies(hlo) == []
