@@ -10,15 +10,18 @@ back with `numpy.fromfile`. Both reads start cold: the file's pages are dropped 
 page cache (`posix_fadvise(DONTNEED)`) first, for the plain file and for the checkpoint's
 files alike. Memory: the process's resident size, sampled every millisecond during the save,
 minus its size before.
+
+It prints the table and writes it to `benchmarks/results/checkpoint_throughput.md`
+(`checkpoint_throughput_tiny.md` with `--tiny`; `--out DIR` writes elsewhere).
 """
 
-import argparse
 import os
 import shutil
 import tempfile
 import threading
 import time
 
+import _harness as h
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,13 +95,13 @@ def disk_bandwidth(directory: str, data: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = h.parser(__doc__)
     parser.add_argument("--size-mb", type=float, default=2048)
-    parser.add_argument("--tiny", action="store_true", help="a 4 MB state, for CI")
     parser.add_argument("--directory", default=None, help="where to write (default: a temp dir)")
     args = parser.parse_args()
     if args.tiny:
-        args.size_mb = 4
+        args.size_mb = 4  # a 4 MB state
+    report = h.Report("checkpoint_throughput", "Checkpoint throughput", args)
     steps = max(2, int(args.size_mb * 2**20 / (ROWS * OBS * 4)))
     buffer = eqx_replay.make_trajectory_buffer(
         add_batch_size=ROWS,
@@ -157,21 +160,25 @@ def main() -> None:
         if args.directory is None:
             shutil.rmtree(base, ignore_errors=True)
     gb = nbytes / 1e9
-    print(
+    report.add(
         f"state: {gb:.3f} GB ({ROWS} rows x {steps} steps x {OBS * 4} B), "
-        f"on disk {on_disk / 1e9:.3f} GB"
+        f"on disk {on_disk / 1e9:.3f} GB",
+        "",
     )
-    print("| | seconds | GB/s | share of the disk's |")
-    print("|---|---|---|---|")
-    print(f"| disk: write + fsync | {disk_write:.2f} | {gb / disk_write:.2f} | |")
-    print(f"| `save_state` | {save:.2f} | {gb / save:.2f} | {disk_write / save:.0%} |")
-    print(f"| disk: read (cold) | {disk_read:.2f} | {gb / disk_read:.2f} | |")
-    print(f"| `load_state` (cold) | {load:.2f} | {gb / load:.2f} | {disk_read / load:.0%} |")
+    cells = [
+        ["disk: write + fsync", f"{disk_write:.2f}", f"{gb / disk_write:.2f}", ""],
+        ["`save_state`", f"{save:.2f}", f"{gb / save:.2f}", f"{disk_write / save:.0%}"],
+        ["disk: read (cold)", f"{disk_read:.2f}", f"{gb / disk_read:.2f}", ""],
+        ["`load_state` (cold)", f"{load:.2f}", f"{gb / load:.2f}", f"{disk_read / load:.0%}"],
+    ]
+    report.table(["", "seconds", "GB/s", "share of the disk's"], cells, align="llll")
     extra = (memory.peak - memory.before) / nbytes
-    print(
+    report.add(
+        "",
         f"peak extra memory during save: {(memory.peak - memory.before) / 1e9:.3f} GB = "
-        f"{extra:.2f}x the state"
+        f"{extra:.2f}x the state",
     )
+    report.write()
 
 
 def eqx_replay_equal(a: object, b: object) -> bool:

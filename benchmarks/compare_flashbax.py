@@ -50,22 +50,15 @@ h. prioritised trajectory buffers (priority exponent 0.6) at the c-row capacity 
 
 import argparse
 import dataclasses
-import datetime
-import importlib.metadata
-import json
 import math
-import os
-import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import _harness as h
 import flashbax as fbx
 import jax
 import jax.lax as lax
@@ -116,8 +109,8 @@ FULL = Scale(
     readme_sample=256,
     memory_bytes=2_100_000_000,
     memory_chunk=32,
-    rounds=15,
-    block=0.3,
+    rounds=h.FULL_TIMING.rounds,
+    block=h.FULL_TIMING.block,
     copy_bytes=256 * 2**20,
     compile_repeats=3,
 )
@@ -136,15 +129,14 @@ TINY = Scale(
     readme_sample=32,
     memory_bytes=4_000_000,
     memory_chunk=4,
-    rounds=2,
-    block=0.002,
+    rounds=h.TINY_TIMING.rounds,
+    block=h.TINY_TIMING.block,
     copy_bytes=8 * 2**20,
     compile_repeats=1,
 )
 
 MEMORY_OBS = (84, 84, 4)  # row f, uint8
 README_OBS = (32, 32, 3)  # row e, uint8
-FILL_CHUNK_BYTES = 64 * 2**20  # largest batch used to fill a buffer
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,168 +151,13 @@ def example_step(obs_shape: tuple[int, ...], obs_dtype: Any) -> dict[str, jax.Ar
     }
 
 
-def step_bytes(example: Any) -> int:
-    return sum(leaf.nbytes for leaf in jtu.tree_leaves(example))
-
-
-def tree_bytes(tree: Any) -> int:
-    return sum(leaf.nbytes for leaf in jtu.tree_leaves(tree))
-
-
-def random_batch(example: Any, rows: int, steps: int, seed: int = 0) -> Any:
-    """A batch `(rows, steps, ...)` of random data in the example's dtypes, on device."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(x: jax.Array) -> jax.Array:
-        shape = (rows, steps) + x.shape
-        if x.dtype == jnp.bool_:
-            value = rng.random(shape) < 0.1
-        elif jnp.issubdtype(x.dtype, jnp.integer):
-            value = rng.integers(0, 256, shape).astype(x.dtype)
-        else:
-            value = rng.standard_normal(shape).astype(x.dtype)
-        return jnp.asarray(value)
-
-    return jax.block_until_ready(jtu.tree_map(leaf, example))
-
-
-def fill_chunk(rows: int, time_axis: int, per_step: int) -> int:
-    """The largest divisor of `time_axis` whose batch fits in `FILL_CHUNK_BYTES`."""
-    best = 1
-    for steps in range(1, time_axis + 1):
-        if rows * steps * per_step > FILL_CHUNK_BYTES:
-            break
-        if time_axis % steps == 0:
-            best = steps
-    return best
-
-
-def fill(add: Callable, state: Any, example: Any, rows: int, time_axis: int) -> Any:
-    """Fills every step of a fresh state with adds (`add` must donate or not: it is rebound)."""
-    steps = fill_chunk(rows, time_axis, step_bytes(example))
-    batch = random_batch(example, rows, steps, seed=1)
-    for _ in range(time_axis // steps):
-        state = add(state, batch)
-    state = jax.block_until_ready(state)
-    assert bool(state.is_full), "the buffer should be full"
-    return state
-
-
-def looked_up(buffer: Any, method: str) -> Callable:
-    """`buffer.method(...)` with the attribute looked up on every call, as users write it, so
-    that the timing includes that per-call overhead."""
-    return lambda *args: getattr(buffer, method)(*args)
-
-
-def buffers(**kwargs: Any) -> tuple[eqx_replay.TrajectoryBuffer, Any]:
-    """The same configuration for both libraries."""
-    return eqx_replay.make_trajectory_buffer(**kwargs), fbx.make_trajectory_buffer(**kwargs)
-
-
-def fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
-
-
-def fmt_ratio(ratio: float) -> str:
-    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Timing
 
 
-class AddRunner:
-    """Runs `n` adds from its own state; the state is rebound after every call."""
-
-    def __init__(self, add: Callable, state: Any, batch: Any):
-        self.add, self.state, self.batch = add, state, batch
-        self.n_cap = 100_000
-
-    def __call__(self, n: int) -> float:
-        state, self.state = self.state, None  # hold no reference to a donated state
-        add, batch = self.add, self.batch
-        start = time.perf_counter()
-        for _ in range(n):
-            state = add(state, batch)
-        jax.block_until_ready(state)
-        elapsed = time.perf_counter() - start
-        self.state = state
-        return elapsed
-
-
-class SampleRunner:
-    """Runs `n` samples from a fixed state with `n` different keys, keeping only the latest
-    output alive, as a training loop does (holding hundreds of outputs would time the
-    kernel's page faults for fresh memory, not the sample); blocks on the last one."""
-
-    def __init__(self, sample: Callable, state: Any, keys: list[jax.Array], out_bytes: int):
-        self.sample, self.state, self.keys = sample, state, keys
-        self.n_cap = len(keys)
-
-    def __call__(self, n: int) -> float:
-        sample, state, keys = self.sample, self.state, self.keys[:n]
-        start = time.perf_counter()
-        out = None
-        for key in keys:
-            out = sample(state, key)
-        jax.block_until_ready(out)
-        return time.perf_counter() - start
-
-
-class ScanRunner:
-    """Runs `n` whole training-style scans; the state is the donated carry."""
-
-    def __init__(self, loop: Callable, state: Any, key: jax.Array, batch: Any):
-        self.loop, self.state, self.key, self.batch = loop, state, key, batch
-        self.n_cap = 100
-
-    def __call__(self, n: int) -> float:
-        state, self.state = self.state, None
-        key, batch = self.key, self.batch
-        start = time.perf_counter()
-        for _ in range(n):
-            state, key, total = self.loop(state, key, batch)
-        jax.block_until_ready((state, key, total))  # pyright: ignore[reportPossiblyUnbound]
-        elapsed = time.perf_counter() - start
-        self.state, self.key = state, key
-        return elapsed
-
-
-def calls_per_block(run: Callable[[int], float], block: float, n_cap: int) -> int:
-    run(1)  # warm-up: compilation and the first call
-    n = 1
-    while True:
-        elapsed = max(run(n), 1e-9)
-        if elapsed >= block / 10 or n >= n_cap:
-            break
-        n = min(n * 10, n_cap)
-    return max(1, min(n_cap, round(block * n / elapsed)))
-
-
 def measure(runners: dict[str, Any], scale: Scale) -> dict[str, float]:
-    """Median seconds per call of each runner, timed in alternation."""
-    calls = {name: calls_per_block(r, scale.block, r.n_cap) for name, r in runners.items()}
-    per_call: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for i in range(scale.rounds):
-        for name in names if i % 2 == 0 else names[::-1]:
-            per_call[name].append(runners[name](calls[name]) / calls[name])
-    return {name: statistics.median(times) for name, times in per_call.items()}
+    """Median seconds per call of each runner, timed in alternation (`_harness.measure`)."""
+    return h.measure(runners, scale.rounds, scale.block)
 
 
 def copy_bandwidth(nbytes: int, repeats: int = 9) -> float:
@@ -341,38 +178,19 @@ def copy_bandwidth(nbytes: int, repeats: int = 9) -> float:
 
 
 @dataclasses.dataclass
-class Row:
-    label: str
-    eqx: float
-    fbx: float
-    kind: str = "time"  # "time": seconds; "factor": a dimensionless factor
-
-    @property
-    def ratio(self) -> float:
-        return self.eqx / self.fbx
-
-    def cell(self, value: float) -> str:
-        return fmt_time(value) if self.kind == "time" else f"{value:.3f}×"
-
-
-@dataclasses.dataclass
 class Results:
-    rows: list[Row] = dataclasses.field(default_factory=list)
+    rows: h.Rows = dataclasses.field(default_factory=h.Rows)
     bandwidth: float = math.nan
     sample_rows: list[tuple[str, str, int, float]] = dataclasses.field(default_factory=list)
     memory: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     compile: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        log(
-            f"  {row.label}: eqx_replay {row.cell(row.eqx)}, flashbax {row.cell(row.fbx)}, "
-            f"ratio {row.ratio:.3f}"
-        )
+    def add(self, row: h.Row) -> None:
+        self.rows.add(row)
 
 
 def record_sample(results: Results, label: str, times: dict[str, float], out_bytes: int):
-    results.add(Row(label, times["eqx"], times["fbx"]))
+    results.add(h.Row(label, times["eqx"], times["fbx"]))
     for name, library in (("eqx", "eqx_replay"), ("fbx", "flashbax")):
         results.sample_rows.append((label, library, out_bytes, times[name]))
 
@@ -385,10 +203,10 @@ def bench_add_rows(
     results: Results, scale: Scale, letter: str, capacity: int, steps_per_add: int
 ) -> None:
     """eqx_replay's add against Flashbax's, as the seed uses it and donated."""
-    log(f"[{letter}] add {scale.rows}×{steps_per_add} at {capacity:,} steps")
+    h.log(f"[{letter}] add {scale.rows}×{steps_per_add} at {capacity:,} steps")
     example = example_step((scale.obs_dim,), jnp.float32)
     batch, length, period = scale.samples[0]
-    eqx_buf, fbx_buf = buffers(
+    eqx_buf, fbx_buf = h.trajectory_buffers(
         add_batch_size=scale.rows,
         sample_batch_size=batch,
         sample_sequence_length=length,
@@ -396,32 +214,32 @@ def bench_add_rows(
         min_length_time_axis=length,
         max_size=capacity,
     )
-    steps = random_batch(example, scale.rows, steps_per_add)
+    steps = h.random_batch(example, scale.rows, steps_per_add)
     runners = {
-        "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_buf.init(example), steps),
-        "fbx": AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps),
-        "fbx_donated": AddRunner(
+        "eqx": h.AddRunner(h.looked_up(eqx_buf, "add"), eqx_buf.init(example), steps),
+        "fbx": h.AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps),
+        "fbx_donated": h.AddRunner(
             jax.jit(fbx_buf.add, donate_argnums=0), fbx_buf.init(example), steps
         ),
     }
     times = measure(runners, scale)
     del runners
     label = f"{letter}. add {scale.rows}×{steps_per_add} @ {capacity:,}"
-    results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
-    results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
+    results.add(h.Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
+    results.add(h.Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
 
 
 def sample_runners(
     eqx_sample: Callable, eqx_state: Any, fbx_sample: Callable, fbx_state: Any, seed: int
-) -> tuple[dict[str, SampleRunner], int]:
+) -> tuple[dict[str, h.SampleRunner], int]:
     keys = list(jr.split(jr.PRNGKey(seed), 1_000))
     out = eqx_sample(eqx_state, keys[0])
-    out_bytes = tree_bytes(out.experience)
+    out_bytes = h.tree_bytes(out.experience)
     fbx_out = fbx_sample(fbx_state, keys[0])
-    assert tree_bytes(fbx_out.experience) == out_bytes
+    assert h.tree_bytes(fbx_out.experience) == out_bytes
     runners = {
-        "eqx": SampleRunner(eqx_sample, eqx_state, keys, out_bytes),
-        "fbx": SampleRunner(fbx_sample, fbx_state, keys, out_bytes),
+        "eqx": h.SampleRunner(eqx_sample, eqx_state, keys),
+        "fbx": h.SampleRunner(fbx_sample, fbx_state, keys),
     }
     return runners, out_bytes
 
@@ -430,7 +248,7 @@ def bench_sample_and_scan(results: Results, scale: Scale) -> None:
     example = example_step((scale.obs_dim,), jnp.float32)
     time_axis = scale.capacity // scale.rows
     configs = [
-        buffers(
+        h.trajectory_buffers(
             add_batch_size=scale.rows,
             sample_batch_size=batch,
             sample_sequence_length=length,
@@ -443,15 +261,19 @@ def bench_sample_and_scan(results: Results, scale: Scale) -> None:
     # One full state per library; every configuration stores `(rows, time_axis, ...)`, so the
     # sampling configurations share it.
     eqx_buf, fbx_buf = configs[0]
-    log(f"[c] filling {scale.capacity:,} steps")
-    eqx_state = fill(eqx_buf.add, eqx_buf.init(example), example, scale.rows, time_axis)
+    h.log(f"[c] filling {scale.capacity:,} steps")
+    eqx_state = h.fill(eqx_buf.add, eqx_buf.init(example), example, scale.rows, time_axis)
     fbx_add = jax.jit(fbx_buf.add, donate_argnums=0)
-    fbx_state = fill(fbx_add, fbx_buf.init(example), example, scale.rows, time_axis)
+    fbx_state = h.fill(fbx_add, fbx_buf.init(example), example, scale.rows, time_axis)
 
     for (batch, length, period), (eqx_buf, fbx_buf) in zip(scale.samples, configs):
-        log(f"[c] sample {batch}×{length} (period {period}) at {scale.capacity:,} steps")
+        h.log(f"[c] sample {batch}×{length} (period {period}) at {scale.capacity:,} steps")
         runners, out_bytes = sample_runners(
-            looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=batch
+            h.looked_up(eqx_buf, "sample"),
+            eqx_state,
+            jax.jit(fbx_buf.sample),
+            fbx_state,
+            seed=batch,
         )
         times = measure(runners, scale)
         del runners
@@ -461,7 +283,7 @@ def bench_sample_and_scan(results: Results, scale: Scale) -> None:
     # d: the fused loop, from the full states (consumed: the jit donates them).
     eqx_buf, fbx_buf = configs[0]
     batch, length, _ = scale.samples[0]
-    log(f"[d] scan of {scale.scan_length:,} × (add {scale.rows}×1 + sample {batch}×{length})")
+    h.log(f"[d] scan of {scale.scan_length:,} × (add {scale.rows}×1 + sample {batch}×{length})")
 
     def make_loop(add: Callable, sample: Callable) -> Callable:
         def loop(state, key, steps):
@@ -478,10 +300,14 @@ def bench_sample_and_scan(results: Results, scale: Scale) -> None:
 
         return jax.jit(loop, donate_argnums=0)
 
-    steps = random_batch(example, scale.rows, 1, seed=2)
+    steps = h.random_batch(example, scale.rows, 1, seed=2)
     runners = {
-        "eqx": ScanRunner(make_loop(eqx_buf.add, eqx_buf.sample), eqx_state, jr.PRNGKey(3), steps),
-        "fbx": ScanRunner(make_loop(fbx_buf.add, fbx_buf.sample), fbx_state, jr.PRNGKey(3), steps),
+        "eqx": h.ScanRunner(
+            make_loop(eqx_buf.add, eqx_buf.sample), eqx_state, jr.PRNGKey(3), steps
+        ),
+        "fbx": h.ScanRunner(
+            make_loop(fbx_buf.add, fbx_buf.sample), fbx_state, jr.PRNGKey(3), steps
+        ),
     }
     del eqx_state, fbx_state
     times = measure(runners, scale)
@@ -490,14 +316,14 @@ def bench_sample_and_scan(results: Results, scale: Scale) -> None:
         f"d. scan {scale.scan_length:,}×(add {scale.rows}×1 + sample {batch}×{length}) "
         f"@ {scale.capacity:,}, per scan"
     )
-    results.add(Row(label, times["eqx"], times["fbx"]))
+    results.add(h.Row(label, times["eqx"], times["fbx"]))
 
 
 def bench_readme(results: Results, scale: Scale, rows: int, with_copying: bool) -> None:
     """Flashbax README's setting: `u8[32, 32, 3]` observations, sample batch x 1 step."""
     example = example_step(README_OBS, jnp.uint8)
     capacity = scale.readme_capacity
-    eqx_buf, fbx_buf = buffers(
+    eqx_buf, fbx_buf = h.trajectory_buffers(
         add_batch_size=rows,
         sample_batch_size=scale.readme_sample,
         sample_sequence_length=1,
@@ -507,33 +333,33 @@ def bench_readme(results: Results, scale: Scale, rows: int, with_copying: bool) 
     )
     time_axis = capacity // rows
     stored = rows * time_axis
-    log(f"[e] README setting, {rows} rows × {time_axis:,} steps ({stored:,} steps)")
-    eqx_state = fill(eqx_buf.add, eqx_buf.init(example), example, rows, time_axis)
+    h.log(f"[e] README setting, {rows} rows × {time_axis:,} steps ({stored:,} steps)")
+    eqx_state = h.fill(eqx_buf.add, eqx_buf.init(example), example, rows, time_axis)
     fbx_add = jax.jit(fbx_buf.add, donate_argnums=0)
-    fbx_state = fill(fbx_add, fbx_buf.init(example), example, rows, time_axis)
-    log(f"    each buffer holds {fmt_bytes(tree_bytes(eqx_state.experience))}")
+    fbx_state = h.fill(fbx_add, fbx_buf.init(example), example, rows, time_axis)
+    h.log(f"    each buffer holds {h.fmt_bytes(h.tree_bytes(eqx_state.experience))}")
 
-    steps = random_batch(example, rows, 1, seed=4)
+    steps = h.random_batch(example, rows, 1, seed=4)
     runners = {
-        "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_state, steps),
-        "fbx_donated": AddRunner(fbx_add, fbx_state, steps),
+        "eqx": h.AddRunner(h.looked_up(eqx_buf, "add"), eqx_state, steps),
+        "fbx_donated": h.AddRunner(fbx_add, fbx_state, steps),
     }
     if with_copying:
-        runners["fbx"] = AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps)
+        runners["fbx"] = h.AddRunner(jax.jit(fbx_buf.add), fbx_buf.init(example), steps)
     del eqx_state, fbx_state
     times = measure(runners, scale)
     label = f"e. README add {rows}×1 @ {stored:,} u8[32,32,3]"
     if with_copying:
-        results.add(Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
-    results.add(Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
+        results.add(h.Row(f"{label} vs fbx jit", times["eqx"], times["fbx"]))
+    results.add(h.Row(f"{label} vs fbx jit+donate", times["eqx"], times["fbx_donated"]))
     # Still full: adds only overwrite the oldest steps.
     eqx_state, fbx_state = runners["eqx"].state, runners["fbx_donated"].state
     del runners
 
     batch = scale.readme_sample
-    log(f"[e] README setting, sample {batch}×1")
+    h.log(f"[e] README setting, sample {batch}×1")
     sampling, out_bytes = sample_runners(
-        looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=5
+        h.looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=5
     )
     times = measure(sampling, scale)
     del sampling, eqx_state, fbx_state
@@ -546,7 +372,7 @@ def bench_prioritised(results: Results, scale: Scale) -> None:
     example = example_step((scale.obs_dim,), jnp.float32)
     time_axis = scale.capacity // scale.rows
     for batch, length, period in scale.samples:
-        log(f"[h] prioritised, sample {batch}×{length} (period {period}) at {scale.capacity:,}")
+        h.log(f"[h] prioritised, sample {batch}×{length} (period {period}) at {scale.capacity:,}")
         config: dict[str, Any] = dict(
             add_batch_size=scale.rows,
             sample_batch_size=batch,
@@ -559,27 +385,27 @@ def bench_prioritised(results: Results, scale: Scale) -> None:
         eqx_buf = eqx_replay.make_prioritised_trajectory_buffer(**config)
         fbx_buf = fbx.make_prioritised_trajectory_buffer(**config, device="cpu")
         fbx_add = jax.jit(fbx_buf.add, donate_argnums=0)
-        eqx_state = fill(
-            looked_up(eqx_buf, "add"), eqx_buf.init(example), example, scale.rows, time_axis
+        eqx_state = h.fill(
+            h.looked_up(eqx_buf, "add"), eqx_buf.init(example), example, scale.rows, time_axis
         )
-        fbx_state = fill(fbx_add, fbx_buf.init(example), example, scale.rows, time_axis)
+        fbx_state = h.fill(fbx_add, fbx_buf.init(example), example, scale.rows, time_axis)
         label = f"h. prioritised {{}} @ {scale.capacity:,} (sample {batch}×{length})"
         if period == scale.samples[0][2]:
-            steps = random_batch(example, scale.rows, 1, seed=6)
+            steps = h.random_batch(example, scale.rows, 1, seed=6)
             runners = {
-                "eqx": AddRunner(looked_up(eqx_buf, "add"), eqx_state, steps),
-                "fbx": AddRunner(fbx_add, fbx_state, steps),
+                "eqx": h.AddRunner(h.looked_up(eqx_buf, "add"), eqx_state, steps),
+                "fbx": h.AddRunner(fbx_add, fbx_state, steps),
             }
             times = measure(runners, scale)
-            results.add(Row(label.format(f"add {scale.rows}×1"), times["eqx"], times["fbx"]))
+            results.add(h.Row(label.format(f"add {scale.rows}×1"), times["eqx"], times["fbx"]))
             eqx_state, fbx_state = runners["eqx"].state, runners["fbx"].state
             del runners
         sampling, out_bytes = sample_runners(
-            looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=7
+            h.looked_up(eqx_buf, "sample"), eqx_state, jax.jit(fbx_buf.sample), fbx_state, seed=7
         )
         times = measure(sampling, scale)
         del sampling
-        results.add(Row(label.format(f"sample {batch}×{length}"), times["eqx"], times["fbx"]))
+        results.add(h.Row(label.format(f"sample {batch}×{length}"), times["eqx"], times["fbx"]))
         # Priorities for one sample's worth of windows, as after a learning step.
         assert eqx_state is not None and fbx_state is not None
         ours = eqx_buf.sample(eqx_state, jr.PRNGKey(8))
@@ -587,17 +413,19 @@ def bench_prioritised(results: Results, scale: Scale) -> None:
         priorities = jnp.asarray(np.random.default_rng(9).uniform(0.1, 2.0, batch), jnp.float32)
         fbx_set = jax.jit(fbx_buf.set_priorities, donate_argnums=0)
         runners = {
-            "eqx": AddRunner(
+            "eqx": h.AddRunner(
                 lambda s, b, buf=eqx_buf: buf.set_priorities(s, *b),
                 eqx_state,
                 (ours.indices, priorities),
             ),
-            "fbx": AddRunner(lambda s, b: fbx_set(s, *b), fbx_state, (theirs.indices, priorities)),
+            "fbx": h.AddRunner(
+                lambda s, b: fbx_set(s, *b), fbx_state, (theirs.indices, priorities)
+            ),
         }
         del eqx_state, fbx_state
         times = measure(runners, scale)
         del runners
-        results.add(Row(label.format(f"set_priorities ×{batch}"), times["eqx"], times["fbx"]))
+        results.add(h.Row(label.format(f"set_priorities ×{batch}"), times["eqx"], times["fbx"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,7 +467,7 @@ def worker_memory(lib: str, scale: Scale) -> dict[str, Any]:
     jax.block_until_ready(jnp.zeros(()) + 1)  # start JAX
     rows, chunk = 16, scale.memory_chunk
     example = example_step(MEMORY_OBS, jnp.uint8)
-    time_axis = math.ceil(scale.memory_bytes / (rows * step_bytes(example) * chunk)) * chunk
+    time_axis = math.ceil(scale.memory_bytes / (rows * h.tree_bytes(example) * chunk)) * chunk
     init, add, _ = library_fns(
         lib,
         add_batch_size=rows,
@@ -649,7 +477,7 @@ def worker_memory(lib: str, scale: Scale) -> dict[str, Any]:
         min_length_time_axis=1,
         max_length_time_axis=time_axis,
     )
-    steps = random_batch(example, rows, chunk)  # part of the baseline
+    steps = h.random_batch(example, rows, chunk)  # part of the baseline
     baseline = proc_status()["VmRSS"]
     reset = reset_peak_rss()
     state = jax.block_until_ready(init(example))
@@ -660,7 +488,7 @@ def worker_memory(lib: str, scale: Scale) -> dict[str, Any]:
     assert bool(state.is_full)
     status = proc_status()
     return {
-        "buffer_bytes": tree_bytes(state.experience),
+        "buffer_bytes": h.tree_bytes(state.experience),
         "baseline": baseline,
         "peak_init": after_init,
         "peak": status["VmHWM"],
@@ -684,7 +512,7 @@ def worker_compile(lib: str, scale: Scale) -> dict[str, Any]:
         min_length_time_axis=length,
         max_size=scale.capacity,
     )
-    steps = random_batch(example, scale.rows, 1)
+    steps = h.random_batch(example, scale.rows, 1)
     key = jax.block_until_ready(jr.PRNGKey(0))
     timings = {}
 
@@ -712,31 +540,23 @@ def worker_compile(lib: str, scale: Scale) -> dict[str, Any]:
 
 
 def run_worker(task: str, lib: str, scale: Scale) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", task, lib]
-    if scale.name == "tiny":
-        command.append("--tiny")
-    env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"worker {task} {lib} failed ({done.returncode}):\n{done.stderr[-4000:]}"
-        )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    """This script's `--worker task lib` in a fresh process, with every cache cold."""
+    tiny = ["--tiny"] if scale.name == "tiny" else []
+    return h.run_self("--worker", task, lib, *tiny, env={"JAX_ENABLE_COMPILATION_CACHE": "false"})
 
 
 def bench_subprocesses(results: Results, scale: Scale) -> None:
-    log(f"[f] peak memory filling a ≥ {fmt_bytes(scale.memory_bytes)} buffer, fresh processes")
+    h.log(f"[f] peak memory filling a ≥ {h.fmt_bytes(scale.memory_bytes)} buffer, fresh processes")
     for lib in ("eqx", "fbx"):
         results.memory[lib] = run_worker("memory", lib, scale)
     factor = {
         lib: (m["peak"] - m["baseline"]) / m["buffer_bytes"] for lib, m in results.memory.items()
     }
-    size = fmt_bytes(results.memory["eqx"]["buffer_bytes"])
+    size = h.fmt_bytes(results.memory["eqx"]["buffer_bytes"])
     label = f"f. peak RSS filling {size}: (peak − baseline) / buffer"
-    results.add(Row(label, factor["eqx"], factor["fbx"], kind="factor"))
+    results.add(h.Row(label, factor["eqx"], factor["fbx"], kind="factor"))
 
-    log(f"[g] first calls, {scale.compile_repeats} fresh process(es) per library")
+    h.log(f"[g] first calls, {scale.compile_repeats} fresh process(es) per library")
     runs: dict[str, list[dict[str, float]]] = {"eqx": [], "fbx": []}
     for _ in range(scale.compile_repeats):
         for lib in ("eqx", "fbx"):
@@ -748,9 +568,9 @@ def bench_subprocesses(results: Results, scale: Scale) -> None:
     eqx_c, fbx_c = results.compile["eqx"], results.compile["fbx"]
     batch, length, _ = scale.samples[0]
     where = f"@ {scale.capacity:,}, first call"
-    results.add(Row(f"g. add {scale.rows}×1 {where}", eqx_c["add_first"], fbx_c["add_first"]))
+    results.add(h.Row(f"g. add {scale.rows}×1 {where}", eqx_c["add_first"], fbx_c["add_first"]))
     results.add(
-        Row(f"g. sample {batch}×{length} {where}", eqx_c["sample_first"], fbx_c["sample_first"])
+        h.Row(f"g. sample {batch}×{length} {where}", eqx_c["sample_first"], fbx_c["sample_first"])
     )
 
 
@@ -758,89 +578,53 @@ def bench_subprocesses(results: Results, scale: Scale) -> None:
 # Report
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    memory = ""
-    try:
-        with open("/proc/meminfo") as f:
-            total = int(f.readline().split()[1]) * 1024
-        memory = f", {total / 2**30:.1f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = f"{os.cpu_count()} cores" + (f" ({usable} usable)" if usable else "")
-    devices = ", ".join(str(d) for d in jax.devices())
-    return f"{model}, {cores}{memory}; {platform.system()} {platform.release()}; {devices}"
-
-
-def versions() -> str:
-    names = ("jax", "jaxlib", "equinox", "flashbax", "eqx_replay", "numpy")
-    parts = [f"Python {platform.python_version()}"]
-    for name in names:
-        try:
-            parts.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{name} ?")
-    return ", ".join(parts)
-
-
-def markdown(results: Results, scale: Scale, command: str, header: tuple[str, str]) -> str:
-    machine_line, versions_line = header
-    lines = [
-        "# eqx_replay vs Flashbax: trajectory buffer",
-        "",
-        f"Command: `{command}` ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC)",
-        "",
-        f"- Machine: {machine_line}",
-        f"- Versions: {versions_line}",
-        f"- Timing: median over {scale.rounds} rounds of per-call time; each round times one "
-        f"block of N calls (~{scale.block * 1e3:g} ms) per contender, in alternation, after "
-        "warm-up. Ratio = eqx_replay / Flashbax: below 1 means eqx_replay is faster (or, "
-        "for f, uses less memory).",
-        "- Flashbax: `jit` = `jax.jit(fb.add)` as the seed uses it (copies the buffer every "
+def notes(scale: Scale) -> list[str]:
+    """The header's notes: how rows are timed, and how each library is called."""
+    return [
+        h.Timing(scale.rounds, scale.block).note() + " Ratio = eqx_replay / Flashbax: below 1 "
+        "means eqx_replay is faster (or, for f, uses less memory).",
+        "Flashbax: `jit` = `jax.jit(fb.add)` as the seed uses it (copies the buffer every "
         "call); `jit+donate` = `jax.jit(fb.add, donate_argnums=0)`; sample = "
         "`jax.jit(fb.sample)`. eqx_replay: `state = buf.add(state, batch)`, `buf.sample` "
         "(their own jit; add donates the state).",
-        "",
-        "| row | eqx_replay | flashbax | ratio (eqx/fbx) |",
-        "|---|---:|---:|---:|",
     ]
-    for row in results.rows:
-        lines.append(
-            f"| {row.label} | {row.cell(row.eqx)} | {row.cell(row.fbx)} | {fmt_ratio(row.ratio)} |"
-        )
+
+
+def report_tables(report: h.Report, results: Results, scale: Scale) -> None:
+    """The ratio table (the `table` section of the file), then the bandwidth, memory (f)
+    and first-call (g) tables."""
+    report.table(h.RATIO_HEADER, h.ratio_cells(results.rows), section="table")
 
     bandwidth = results.bandwidth
-    lines += [
+    report.add(
         "",
         "## Sampling against memory bandwidth",
         "",
-        f"Copy bandwidth (`np.copyto` of {fmt_bytes(scale.copy_bytes)}, one thread, "
+        f"Copy bandwidth (`np.copyto` of {h.fmt_bytes(scale.copy_bytes)}, one thread, "
         f"read + write bytes, median of 9): **{bandwidth / 1e9:.2f} GB/s**. Achieved = bytes "
         "out / time; a gather as fast as a memcpy would sit at 2.0× (it reads and writes "
         "every byte out).",
         "",
-        "| row | library | bytes out | time | achieved | bandwidth / achieved |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    )
+    cells = []
     for label, library, out_bytes, seconds in results.sample_rows:
         achieved = out_bytes / seconds
-        lines.append(
-            f"| {label} | {library} | {fmt_bytes(out_bytes)} | {fmt_time(seconds)} | "
-            f"{achieved / 1e9:.2f} GB/s | {bandwidth / achieved:.1f}× |"
+        cells.append(
+            [
+                label,
+                library,
+                h.fmt_bytes(out_bytes),
+                h.fmt_time(seconds),
+                f"{achieved / 1e9:.2f} GB/s",
+                f"{bandwidth / achieved:.1f}×",
+            ]
         )
+    header = ["row", "library", "bytes out", "time", "achieved", "bandwidth / achieved"]
+    report.table(header, cells, align="llrrrr")
 
     if not results.memory:  # a partial run (`--only`) without rows f and g
-        return "\n".join(lines) + "\n"
-    lines += [
+        return
+    report.add(
         "",
         "## Peak memory while filling (row f)",
         "",
@@ -850,21 +634,35 @@ def markdown(results: Results, scale: Scale, command: str, header: tuple[str, st
         "imports, JAX start-up and making the batch; peak = VmHWM (reset at the baseline "
         "where the kernel allows).",
         "",
-        "| library | buffer | baseline RSS | peak after init | peak after fill | "
-        "(init peak − baseline) / buffer | (peak − baseline) / buffer |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    )
+    cells = []
     for lib, library in (("eqx", "eqx_replay"), ("fbx", "flashbax")):
         m = results.memory[lib]
         size, base = m["buffer_bytes"], m["baseline"]
-        lines.append(
-            f"| {library} | {fmt_bytes(size)} | {fmt_bytes(base)} | "
-            f"{fmt_bytes(m['peak_init'])} | {fmt_bytes(m['peak'])} | "
-            f"{(m['peak_init'] - base) / size:.3f}× | {(m['peak'] - base) / size:.3f}× |"
+        cells.append(
+            [
+                library,
+                h.fmt_bytes(size),
+                h.fmt_bytes(base),
+                h.fmt_bytes(m["peak_init"]),
+                h.fmt_bytes(m["peak"]),
+                f"{(m['peak_init'] - base) / size:.3f}×",
+                f"{(m['peak'] - base) / size:.3f}×",
+            ]
         )
+    header = [
+        "library",
+        "buffer",
+        "baseline RSS",
+        "peak after init",
+        "peak after fill",
+        "(init peak − baseline) / buffer",
+        "(peak − baseline) / buffer",
+    ]
+    report.table(header, cells)
 
     batch, length, _ = scale.samples[0]
-    lines += [
+    report.add(
         "",
         "## First calls (row g)",
         "",
@@ -873,43 +671,14 @@ def markdown(results: Results, scale: Scale, command: str, header: tuple[str, st
         f"add {scale.rows}×1, sample {batch}×{length}. First = tracing + compilation + run; "
         "warm = the next call.",
         "",
-        "| library | init | first add | warm add | first sample | warm sample |",
-        "|---|---:|---:|---:|---:|---:|",
+    )
+    names = ("init", "add_first", "add_warm", "sample_first", "sample_warm")
+    cells = [
+        [library, *(h.fmt_time(results.compile[lib][name]) for name in names)]
+        for lib, library in (("eqx", "eqx_replay"), ("fbx", "flashbax"))
     ]
-    for lib, library in (("eqx", "eqx_replay"), ("fbx", "flashbax")):
-        c = results.compile[lib]
-        cells = " | ".join(
-            fmt_time(c[name])
-            for name in ("init", "add_first", "add_warm", "sample_first", "sample_warm")
-        )
-        lines.append(f"| {library} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: Results, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results.rows[::-1]
-    ratios = [row.ratio for row in rows]
-    fig, ax = plt.subplots(figsize=(11, 0.38 * len(rows) + 1.6))
-    colors = ["tab:green" if r <= 1 else "tab:red" for r in ratios]
-    ax.barh(range(len(rows)), [r - 1 for r in ratios], left=1, color=colors)
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
-    ax.set_yticks(range(len(rows)), [row.label for row in rows], fontsize=8)
-    for i, ratio in enumerate(ratios):
-        side = "left" if ratio >= 1 else "right"
-        ax.text(ratio, i, f" {fmt_ratio(ratio)} ", va="center", ha=side, fontsize=7)
-    low, high = min(ratios + [1.0]), max(ratios + [1.0])
-    ax.set_xlim(low / 3, high * 3)
-    ax.set_xlabel("eqx_replay / Flashbax (log scale; < 1: eqx_replay faster / smaller)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    header = ["library", "init", "first add", "warm add", "first sample", "warm sample"]
+    report.table(header, cells)
 
 
 # --------------------------------------------------------------------------------------------
@@ -917,9 +686,7 @@ def plot(results: Results, path: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="shrink every size (for CI)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser = h.parser(__doc__)
     parser.add_argument("--rounds", type=int, help="timed rounds per row")
     parser.add_argument("--block", type=float, help="seconds per timed block")
     parser.add_argument(
@@ -938,21 +705,19 @@ def main() -> None:
     if args.worker:
         task, lib = args.worker
         worker = {"memory": worker_memory, "compile": worker_compile}[task]
-        print("RESULT " + json.dumps(worker(lib, scale)), flush=True)
+        h.emit(worker(lib, scale))
         return
 
-    started = time.perf_counter()
-    command = "python benchmarks/compare_flashbax.py" + (" --tiny" if args.tiny else "")
-    header = (machine(), versions())
-    print(f"Machine: {header[0]}\nVersions: {header[1]}\nScale: {scale.name}", flush=True)
-
     only = set(args.only)
+    title = "eqx_replay vs Flashbax: trajectory buffer"
+    report = h.Report("compare_flashbax", title, args, partial=only != set("abcdefgh"))
+    h.log(f"Scale: {scale.name}")
     results = Results()
     if only & set("fg"):
         bench_subprocesses(results, scale)  # first, while this process holds no big buffers
-    log("[c] copy bandwidth")
+    h.log("[c] copy bandwidth")
     results.bandwidth = copy_bandwidth(scale.copy_bytes)
-    log(f"    {results.bandwidth / 1e9:.2f} GB/s (read + write)")
+    h.log(f"    {results.bandwidth / 1e9:.2f} GB/s (read + write)")
     if "a" in only:
         for capacity in scale.add_capacities:
             bench_add_rows(results, scale, "a", capacity, steps_per_add=1)
@@ -966,19 +731,11 @@ def main() -> None:
     if "h" in only:
         bench_prioritised(results, scale)
 
-    results.rows.sort(key=lambda row: row.label[0])  # by the issue's letters, a to g
-    elapsed = time.perf_counter() - started
-    text = markdown(results, scale, command, header)
-    text += f"\nTotal wall time of the run: {elapsed:.0f} s.\n"
-    print()
-    print(text, flush=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    partial = only != set("abcdefgh")
-    stem = "compare_flashbax" + ("_tiny" if args.tiny else "") + ("_partial" if partial else "")
-    (args.out / f"{stem}.md").write_text(text)
-    plot(results, args.out / f"{stem}.png", f"eqx_replay / Flashbax — {header[0]}")
-    print(f"Wrote {args.out / stem}.md and .png", flush=True)
+    results.rows.sort(key=lambda row: row.label[0])  # by the issue's letters, a to h
+    report_tables(report, results, scale)
+    path = report.write(notes(scale))
+    h.plot(results.rows, path.with_suffix(".png"), f"eqx_replay / Flashbax — {report.machine}")
+    h.log(f"Wrote {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ it replaces JAX's errors about a donated state. This times, alternating in one p
 Run with
 
     python benchmarks/dispatch_cost.py [--tiny]
+
+It prints both tables and writes them to `benchmarks/results/dispatch_cost.md`
+(`dispatch_cost_tiny.md` with `--tiny`; `--out DIR` writes elsewhere).
 """
 
-import argparse
 import statistics
 import time
 
+import _harness as h
 import jax
 import jax.numpy as jnp
 
@@ -52,22 +55,14 @@ def batch(steps, weak=False):
 
 
 def time_adds(add, state, data, calls):
-    state = add(state, data)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(calls):
-        state = add(state, data)
-    jax.block_until_ready(state)
-    return (time.perf_counter() - start) / calls * 1e6, state
+    """Microseconds per `state = add(state, data)` after one warm-up call, and the state."""
+    runner = h.AddRunner(add, state, data)
+    return h.per_call(runner, calls) * 1e6, runner.state
 
 
 def time_samples(sample, state, key, calls):
-    jax.block_until_ready(sample(state, key))
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = sample(state, key)
-    jax.block_until_ready(out)  # pyright: ignore[reportPossiblyUnbound] # calls >= 1
-    return (time.perf_counter() - start) / calls * 1e6
+    """Microseconds per `sample(state, key)` after one warm-up call."""
+    return h.per_call(h.SampleRunner(sample, state, [key] * calls), calls) * 1e6
 
 
 def per_call(cls, capacity, calls, rounds):
@@ -104,7 +99,7 @@ def per_call(cls, capacity, calls, rounds):
 def first_call(cls, capacity, checked):
     """First-call times (ms) of `add` and `sample` on a configuration not seen before, with
     the methods' annotation checks on or off."""
-    methods = [vars(cls)[name] for name in ("add", "sample")]
+    methods = [h.compiled_method(cls, name) for name in ("add", "sample")]
     saved = [method._checked for method in methods]
     if not checked:
         for method in methods:
@@ -125,29 +120,34 @@ def first_call(cls, capacity, checked):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
-    args = parser.parse_args()
+    args = h.parser(__doc__).parse_args()
     calls, rounds, capacity, firsts = (20, 2, 64, 1) if args.tiny else (2000, 15, 16384, 7)
     assert isinstance(eqx_replay.TrajectoryBuffer.add, jit.CompiledMethod)
     kinds = {
         "trajectory": eqx_replay.TrajectoryBuffer,
         "prioritised": eqx_replay.PrioritisedTrajectoryBuffer,
     }
-    print(
-        f"Per call, median of {rounds} alternating rounds of {calls} calls, 16 rows x {capacity}:"
+    report = h.Report("dispatch_cost", "What calling a compiled buffer method costs", args)
+    report.add(
+        f"Per call, median of {rounds} alternating rounds of {calls} calls, 16 rows x {capacity}:",
+        "",
     )
-    print()
-    print("| buffer | call | time |")
-    print("|---|---|---:|")
-    for kind, make in kinds.items():
-        for name, value in per_call(make, capacity, calls, rounds).items():
-            print(f"| {kind} | {name} | {value:.2f} us |")
-    print()
-    print(f"First call (trace + compile), median of {firsts} new configurations each:")
-    print()
-    print("| buffer | annotation checks | add | sample 32x8 |")
-    print("|---|---|---:|---:|")
+    report.table(
+        ["buffer", "call", "time"],
+        [
+            [kind, name, f"{value:.2f} us"]
+            for kind, make in kinds.items()
+            for name, value in per_call(make, capacity, calls, rounds).items()
+        ],
+        align="llr",
+        section="per-call",
+    )
+    report.add(
+        "",
+        f"First call (trace + compile), median of {firsts} new configurations each:",
+        "",
+    )
+    cells = []
     for kind, make in kinds.items():
         # Alternating, each on a time axis no other call uses.
         results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
@@ -159,7 +159,14 @@ def main():
             add = statistics.median(r[0] for r in results[checked])
             sample = statistics.median(r[1] for r in results[checked])
             label = "on (shipped)" if checked else "off"
-            print(f"| {kind} | {label} | {add:.1f} ms | {sample:.1f} ms |")
+            cells.append([kind, label, f"{add:.1f} ms", f"{sample:.1f} ms"])
+    report.table(
+        ["buffer", "annotation checks", "add", "sample 32x8"],
+        cells,
+        align="llrr",
+        section="first-call",
+    )
+    report.write()
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ hyperparameters, seed); only the module whose `make_flat_buffer` builds the buff
 eqx_replay, Flashbax, and `no buffer`, a stand-in that stores nothing and returns fixed
 pairs: it cannot learn, but the rest of its loop (environments, acting, gradient steps) is
 the same, so its speed estimates what a buffer that cost nothing would give. Only an
-estimate: XLA compiles each loop on its own, and the stand-in has run a few per cent slower
-than eqx_replay as often as faster. Each runs the example's
-compiled chunk, one `lax.scan` of act-add-sample-learn steps whose carry (agent and buffer
-state) is donated to the outer `eqx.filter_jit`, so both libraries' buffers are updated in
-place the same way (Flashbax's own `add` does not donate, but inside the scan it need not: neither
-compiled chunk holds a copy of the buffer's storage). The first chunk of each (compilation,
+estimate: XLA compiles each loop on its own, so the stand-in's loop can come out a few per
+cent slower or faster than a real buffer's (its row against eqx_replay's in the first
+table). Each runs the example's compiled chunk, one `lax.scan` of act-add-sample-learn steps
+whose carry (agent and buffer state) is donated to the outer `eqx.filter_jit`, so both
+libraries' buffers are updated in place the same way (Flashbax's own `add` does not donate,
+but inside the scan it need not: neither compiled chunk holds a copy of the buffer's
+storage). The first chunk of each (compilation,
 and the steps before learning starts) is not timed; then the chunks alternate between the
 agents, the order rotated every round, each timed to `jax.block_until_ready`. Env steps/s
 is the timed chunks' steps over their total time. The final return is the greedy policy's
@@ -30,16 +31,15 @@ transitions per step) and samples (`updates_per_train` batches every `train_ever
 steps) on a full buffer, without environments or networks, so the share of the training
 step that the buffer takes can be read off.
 
-Measured with `--seeds 0,1,2` (2 shared CPU cores, JAX 0.10.2, Flashbax 0.1.3): 6,095 env
-steps/s with eqx_replay, 5,815 with Flashbax (1.05x) and 6,046 with no buffer (1.04x), and
-all six real agents reach a final return of at least 493 of 500. With `--settings purejaxrl`:
-35,555, 34,296 and 35,436 (1.04x and 1.03x), all six at 500. eqx_replay is indistinguishable
-from the stand-in: Flashbax's own buffer work is 4-5% of a training step (1/(1 - 0.05) =
-1.05x at most from removing it), the environments, acting and above all the Q-network's
-gradient steps on two CPU cores the rest.
+Why both tables: the stand-in bounds what any buffer could gain in the whole loop (first
+table, `ratio no buffer / flashbax`), and the second table says how much of a training step
+the buffer's own work is, so a small difference between libraries in the first table can
+be read against that share rather than as noise.
+
+It prints both tables and writes them to `benchmarks/results/dqn_flashbax.md`
+(`dqn_flashbax_tiny.md` with `--tiny`; `--out DIR` writes elsewhere).
 """
 
-import argparse
 import dataclasses
 import functools as ft
 import importlib.util
@@ -50,6 +50,7 @@ import time
 from types import ModuleType
 from typing import Any, NamedTuple
 
+import _harness as h
 import flashbax
 import jax
 import jax.lax as lax
@@ -254,8 +255,7 @@ TINY_EXAMPLE = {"train_every": 256, "updates_per_train": 4}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="DQN with eqx_replay and Flashbax, side by side.")
-    parser.add_argument("--tiny", action="store_true", help="a few seconds, for CI")
+    parser = h.parser(__doc__)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument(
         "--settings",
@@ -273,43 +273,56 @@ def main() -> None:
         if args.settings == "example":
             config = dataclasses.replace(config, **TINY_EXAMPLE)
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    print(
+    report = h.Report("dqn_flashbax", "DQN on CartPole-v1 with eqx_replay and Flashbax", args)
+    report.add(
         f"DQN on CartPole-v1 ({args.settings} settings): {config.total_steps:,} env steps, "
         f"{config.num_envs} envs, buffer {config.buffer_size:,}, batch {config.batch_size}, "
         f"{config.updates_per_train} updates every {config.train_every} env steps, "
         f"MLP {config.depth}x{config.width}; jax {jax.__version__}, "
-        f"{jax.devices()[0].platform}"
+        f"{jax.devices()[0].platform}",
+        "",
     )
-    print()
-    print("| seed | library | env steps/s | final eval return | first chunk (compiles) |")
-    print("|---:|---|---:|---:|---:|")
     speeds: dict[str, list[float]] = {name: [] for name in [*LIBRARIES, NO_BUFFER]}
+    cells = []
     for seed in seeds:
         results = train_pair(dqn_cartpole, dataclasses.replace(config, seed=seed), stand_in=True)
         for name, result in results.items():
             speeds[name].append(result.speed)
-            print(
-                f"| {seed} | {name} | {result.speed:,.0f} | {result.final_return:.1f} "
-                f"| {result.first_chunk:.1f} s |"
+            cells.append(
+                [
+                    str(seed),
+                    name,
+                    f"{result.speed:,.0f}",
+                    f"{result.final_return:.1f}",
+                    f"{result.first_chunk:.1f} s",
+                ]
             )
+    header = ["seed", "library", "env steps/s", "final eval return", "first chunk (compiles)"]
+    report.table(header, cells, align="rlrrr", section="training")
     speed = {name: statistics.mean(values) for name, values in speeds.items()}
-    print()
-    print(
-        f"ratio eqx_replay / flashbax, env steps/s: {speed['eqx_replay'] / speed['flashbax']:.2f}"
-    )
-    print(
+    report.add(
+        "",
+        f"ratio eqx_replay / flashbax, env steps/s: {speed['eqx_replay'] / speed['flashbax']:.2f}",
         f"ratio {NO_BUFFER} / flashbax, env steps/s: {speed[NO_BUFFER] / speed['flashbax']:.2f} "
         f"(`{NO_BUFFER}` stores nothing and trains on fixed batches: about what a buffer that "
-        "cost nothing would give; its return means nothing)"
+        "cost nothing would give; its return means nothing)",
+        "",
+        "The buffer's work alone: the same adds and samples, on a full buffer.",
+        "",
     )
-    print()
-    print("The buffer's work alone: the same adds and samples, on a full buffer.")
-    print()
-    print("| library | µs per env step | share of a training env step |")
-    print("|---|---:|---:|")
+    cells = []
     for name, lib in LIBRARIES.items():
         alone = buffer_only(config, lib, 1 if args.tiny else 7)
-        print(f"| {name} | {1e6 * alone:.2f} | {alone * speed[name]:.0%} |")
+        cells.append([name, f"{1e6 * alone:.2f}", f"{alone * speed[name]:.0%}"])
+    header = ["library", "µs per env step", "share of a training env step"]
+    report.table(header, cells, section="buffer-alone")
+    report.write(
+        [
+            "Timing: after one untimed chunk each (compilation), the agents' chunks alternate, "
+            "the order rotated every round; env steps/s = timed steps / their total time. "
+            "The buffer alone: median of 7 scans (1 with --tiny)."
+        ]
+    )
 
 
 if __name__ == "__main__":

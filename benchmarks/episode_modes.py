@@ -6,13 +6,14 @@ sample 256 × 16, full buffers (episode ends with probability 0.05 per step); me
 alternating rounds in one process. Run with
 
     python benchmarks/episode_modes.py [--tiny]
+
+It writes the table to `benchmarks/results/episode_modes.md` (`episode_modes_tiny.md` with
+`--tiny`; `--out DIR` writes elsewhere).
 """
 
-import argparse
 import statistics
-import time
-from typing import Any
 
+import _harness as h
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -24,27 +25,16 @@ import eqx_replay
 MODES = ("ignore", "mask", "strict")
 
 
-def per_call_us(fn, calls):
-    fn()
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = fn()
-    jax.block_until_ready(out)  # pyright: ignore[reportPossiblyUnboundVariable]
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
-    args = parser.parse_args()
+    args = h.parser(__doc__).parse_args()
     rows = 16
     capacities, calls, rounds = (
         ([256, 2560], 5, 2) if args.tiny else ([16_384, 1_638_400], 1000, 15)
     )
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
     rng = np.random.default_rng(0)
-    print("| capacity (steps) | mode | add 16×1 (µs) | sample 256×16 (µs) |")
-    print("|---:|---|---:|---:|")
+    report = h.Report("episode_modes", "Cost of episode boundaries", args)
+    cells = []
     for capacity in capacities:
         time_axis = capacity // rows
         fill = {
@@ -53,7 +43,7 @@ def main():
             "done": jnp.asarray(rng.random((rows, time_axis)) < 0.05),
         }
         step = jax.tree.map(lambda x: x[:, :1], fill)
-        runs: dict[str, Any] = {}
+        buffers, adds = {}, {}
         for mode in MODES:
             buffer = eqx_replay.make_trajectory_buffer(
                 add_batch_size=rows,
@@ -66,25 +56,28 @@ def main():
                 boundary=mode,
             )
             state = buffer.add(buffer.init(example), fill)
-            runs[mode] = [buffer, state]
+            buffers[mode], adds[mode] = buffer, h.AddRunner(buffer.add, state, step)
         times: dict[str, dict[str, list[float]]] = {m: {"add": [], "sample": []} for m in MODES}
         key = jr.PRNGKey(0)
+        # Each round: every mode's adds, then its samples from the state they left; each
+        # block after one warm-up call, the modes in the same order every round.
         for _ in range(rounds):
             for mode in MODES:
-                buffer = runs[mode][0]
-
-                def add(mode=mode, buffer=buffer):
-                    runs[mode][1] = buffer.add(runs[mode][1], step)
-                    return runs[mode][1]
-
-                times[mode]["add"].append(per_call_us(add, calls))
-                sample = buffer.sample
-                state = runs[mode][1]
-                times[mode]["sample"].append(per_call_us(lambda: sample(state, key), calls))
+                times[mode]["add"].append(h.per_call(adds[mode], calls))
+                sample = h.SampleRunner(buffers[mode].sample, adds[mode].state, [key] * calls)
+                times[mode]["sample"].append(h.per_call(sample, calls))
         for mode in MODES:
-            add_us = statistics.median(times[mode]["add"])
-            sample_us = statistics.median(times[mode]["sample"])
-            print(f"| {capacity:,} | {mode} | {add_us:.1f} | {sample_us:.1f} |", flush=True)
+            add_us = statistics.median(times[mode]["add"]) * 1e6
+            sample_us = statistics.median(times[mode]["sample"]) * 1e6
+            cells.append([f"{capacity:,}", mode, f"{add_us:.1f}", f"{sample_us:.1f}"])
+    header = ["capacity (steps)", "mode", "add 16×1 (µs)", "sample 256×16 (µs)"]
+    report.table(header, cells, align="rlrr", section="table")
+    report.write(
+        [
+            f"Timing: median over {rounds} rounds of {calls} calls of each mode's add, then "
+            "its sample, each block after one warm-up call."
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -6,63 +6,59 @@ yet; see `eqx_replay/_guard.py`. This times, alternating in one process, `sample
 alternative we rejected), and prints a markdown table. Run with
 
     python benchmarks/sample_guard_cost.py [--tiny]
+
+It writes the table to `benchmarks/results/sample_guard_cost.md` (`sample_guard_cost_tiny.md`
+with `--tiny`; `--out DIR` writes elsewhere).
 """
 
-import argparse
-import statistics
-import time
+import sys
 from typing import Any
 
+import _harness as h
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 import eqx_replay
-import eqx_replay._trajectory as trajectory
+from eqx_replay._guard import poison_sample
 
+
+# The trajectory buffer's compiled `sample`, and the globals of the module whose
+# `poison_sample` it calls.
+SAMPLE = h.compiled_method(eqx_replay.TrajectoryBuffer, "sample")
+SAMPLE_GLOBALS = vars(sys.modules[SAMPLE._fn.__module__])
 
 VARIANTS = {
-    "poison (shipped)": trajectory.poison_sample,
+    "poison (shipped)": poison_sample,
     "no guard": lambda ok, x: x,
     "eqx.error_if": lambda ok, x: eqx.error_if(x, ~ok, "cannot be sampled yet"),
 }
 
 
-def per_call_us(sample, state, key, calls):
-    out = sample(state, key)
-    jax.block_until_ready(out)
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = sample(state, key)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def compile_variant(config, guard, state, key):
     """A `sample` traced with `guard` in place of the shipped poison."""
     # Forget compiled samples shared between equal buffers, so that this one is traced anew.
-    vars(eqx_replay.TrajectoryBuffer)["sample"]._shared.clear()
+    SAMPLE._shared.clear()
     buffer = eqx_replay.make_trajectory_buffer(**config)
-    shipped = trajectory.poison_sample
-    trajectory.poison_sample = guard
+    shipped = SAMPLE_GLOBALS["poison_sample"]
+    SAMPLE_GLOBALS["poison_sample"] = guard
     try:
         buffer.sample(state, key)
     finally:
-        trajectory.poison_sample = shipped
+        SAMPLE_GLOBALS["poison_sample"] = shipped
     return buffer.sample
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
-    args = parser.parse_args()
+    args = h.parser(__doc__).parse_args()
     calls, rounds, capacity = (20, 3, 64) if args.tiny else (1000, 15, 10240)
-    print(
-        "| sample (S x L) of {obs: f32[64], reward: f32, done: bool}, 16 x "
-        f"{capacity} steps | " + " | ".join(f"{name} (us)" for name in VARIANTS) + " |"
-    )
-    print("|---" * (len(VARIANTS) + 1) + "|")
+    report = h.Report("sample_guard_cost", "What `sample`'s guard costs", args)
+    header = [
+        f"sample (S x L) of {{obs: f32[64], reward: f32, done: bool}}, 16 x {capacity} steps",
+        *(f"{name} (us)" for name in VARIANTS),
+    ]
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
+    cells = []
     for samples, length in [(4, 8), (256, 16), (32, 80)]:
         length = min(length, capacity)
         config: dict[str, Any] = dict(
@@ -77,15 +73,21 @@ def main():
         batch = jax.tree.map(lambda x: jnp.ones((16, capacity, *x.shape), x.dtype), example)
         state = buffer.add(buffer.init(example), batch)
         key = jax.random.key(0)
-        compiled = {
-            name: compile_variant(config, guard, state, key) for name, guard in VARIANTS.items()
+        # The same key every call: each variant samples the same windows.
+        runners = {
+            name: h.SampleRunner(compile_variant(config, guard, state, key), state, [key] * calls)
+            for name, guard in VARIANTS.items()
         }
-        times = {name: [] for name in VARIANTS}
-        for _ in range(rounds):
-            for name, sample in compiled.items():
-                times[name].append(per_call_us(sample, state, key, calls))
-        row = " | ".join(f"{statistics.median(t):.1f}" for t in times.values())
-        print(f"| {samples} x {length} | {row} |")
+        # In the same order every round, each block after one warm-up call.
+        times = h.alternate(runners, calls, rounds, reverse=False)
+        cells.append([f"{samples} x {length}", *(f"{t * 1e6:.1f}" for t in times.values())])
+    report.table(header, cells, align="l" * len(header), section="table")
+    report.write(
+        [
+            f"Timing: median over {rounds} rounds of {calls} calls per variant (same key), "
+            "in the same order every round, each block after one warm-up call."
+        ]
+    )
 
 
 if __name__ == "__main__":

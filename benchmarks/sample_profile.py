@@ -17,15 +17,15 @@ The difference between the two columns of one library is the time spent waiting 
 reading `S` windows of `L` steps from random places of a large ring. Both libraries read the
 same number of bytes from the same kind of places; no layout of the output changes that.
 
-Run with `python benchmarks/sample_profile.py [--tiny]`.
+Run with `python benchmarks/sample_profile.py [--tiny]`; it writes the table to
+`benchmarks/results/sample_profile.md` (`sample_profile_tiny.md` with `--tiny`; `--out DIR`
+writes elsewhere).
 """
 
-import argparse
-import statistics
-import time
 import warnings
 from typing import Any
 
+import _harness as h
 import flashbax as fbx
 import jax
 import jax.numpy as jnp
@@ -36,20 +36,8 @@ import eqx_replay
 from eqx_replay import _ring
 
 
-def per_call_us(fn, state, keys):
-    """Calls `fn(state, key)` for each key, keeping only the latest output alive."""
-    out = None
-    start = time.perf_counter()
-    for key in keys:
-        out = fn(state, key)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / len(keys) * 1e6
-
-
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true", help="a quick run that checks it works")
-    args = parser.parse_args()
+    args = h.parser(__doc__).parse_args()
     rows, steps, calls, rounds = (4, 256, 5, 2) if args.tiny else (16, 10_240, 300, 15)
     example = {"obs": jnp.zeros(64), "reward": jnp.float32(0), "done": jnp.bool_(False)}
     rng = np.random.default_rng(0)
@@ -58,12 +46,21 @@ def main():
         "reward": jnp.asarray(rng.standard_normal((rows, steps), np.float32)),
         "done": jnp.asarray(rng.uniform(size=(rows, steps)) < 0.01),
     }
-    print(
-        "| sample S x L | eqx_replay fresh | flashbax fresh | ratio | eqx_replay cached "
-        "| flashbax cached | ratio | gather alone fresh | gather alone cached "
-        "| blocks alone fresh | blocks alone cached |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    report = h.Report("sample_profile", "Where a `sample` spends its time", args)
+    header = [
+        "sample S x L",
+        "eqx_replay fresh",
+        "flashbax fresh",
+        "ratio",
+        "eqx_replay cached",
+        "flashbax cached",
+        "ratio",
+        "gather alone fresh",
+        "gather alone cached",
+        "blocks alone fresh",
+        "blocks alone cached",
+    ]
+    table = []
     for samples, length in [(256, 16), (32, 80)]:
         config: dict[str, Any] = dict(
             add_batch_size=rows,
@@ -110,13 +107,12 @@ def main():
             "blocks fresh": (blocks, state.experience, fresh),
             "blocks cached": (blocks, state.experience, cached),
         }
-        for fn, fn_state, keys in contenders.values():
-            per_call_us(fn, fn_state, keys[:2])  # compile
-        times = {name: [] for name in contenders}
-        for _ in range(rounds):
-            for name, (fn, fn_state, keys) in contenders.items():
-                times[name].append(per_call_us(fn, fn_state, keys))
-        t = {name: statistics.median(v) for name, v in times.items()}
+        runners = {name: h.SampleRunner(*contender) for name, contender in contenders.items()}
+        for runner in runners.values():
+            runner(2)  # compile
+        # In the same order every round, with no warm-up call between rounds.
+        seconds = h.alternate(runners, calls, rounds, warmup=0, reverse=False)
+        t = {name: value * 1e6 for name, value in seconds.items()}
         cells = [
             f"{t['eqx_replay fresh']:.1f} µs",
             f"{t['flashbax fresh']:.1f} µs",
@@ -129,7 +125,14 @@ def main():
             f"{t['blocks fresh']:.1f} µs",
             f"{t['blocks cached']:.1f} µs",
         ]
-        print(f"| {samples} x {length} | " + " | ".join(cells) + " |")
+        table.append([f"{samples} x {length}", *cells])
+    report.table(header, table, section="table")
+    report.write(
+        [
+            f"Timing: median over {rounds} rounds of {calls} calls per contender, in the same "
+            f"order every round, after two warm-up calls each; {rows} rows x {steps} steps."
+        ]
+    )
 
 
 if __name__ == "__main__":

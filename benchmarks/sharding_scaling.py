@@ -11,14 +11,13 @@ device and its synchronisation. Each mesh size runs in a process of its own
 (`jax_num_cpu_devices` is fixed when JAX starts); the table also gives the size of the
 compiled HLO text of `add` and `sample`, and whether it holds any collective.
 
-It prints a markdown table (`--out FILE` also writes it).
+It prints a markdown table and writes it to `benchmarks/results/sharding_scaling.md`
+(`sharding_scaling_tiny.md` with `--tiny`; `--out DIR` writes elsewhere).
 """
 
 import argparse
-import json
-import subprocess
-import sys
-import time
+
+import _harness as h
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
@@ -61,29 +60,15 @@ def measure(
         "sample": buffer.sample.lower(state, key).compile().as_text(),
     }
 
-    def best(run) -> float:
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) / calls)
-        return min(times)
+    def best(run: h.Runner) -> float:
+        """The fastest of 5 blocks of `calls` calls (already warm: no warm-up)."""
+        return min(run(calls) for _ in range(5)) / calls
 
-    def adds() -> None:
-        nonlocal state
-        for _ in range(calls):
-            state = buffer.add(state, batch)
-        jax.block_until_ready(state)
-
-    def samples() -> None:
-        out = None
-        for _ in range(calls):
-            out = buffer.sample(state, key)
-        jax.block_until_ready(out)
-
+    adds = h.AddRunner(buffer.add, state, batch)
+    add = best(adds)
     return {
-        "add": best(adds),
-        "sample": best(samples),
+        "add": add,
+        "sample": best(h.SampleRunner(buffer.sample, adds.state, [key] * calls)),
         "add_hlo": len(texts["add"]),
         "sample_hlo": len(texts["sample"]),
         "collectives": any(name in text for text in texts.values() for name in COLLECTIVES),
@@ -91,58 +76,64 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--tiny", action="store_true")
+    parser = h.parser(__doc__)
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--time", type=int, default=4096)
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--out", default=None)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--unsharded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiny:
         args.rows, args.time, args.calls = 2, 32, 5
     if args.worker is not None:
-        result = measure(args.worker, args.rows, args.time, args.calls, not args.unsharded)
-        print(json.dumps(result))
+        h.emit(measure(args.worker, args.rows, args.time, args.calls, not args.unsharded))
         return
+    report = h.Report("sharding_scaling", "Weak scaling of a sharded trajectory buffer", args)
     results = {}
     for devices in ("unsharded", 1, 2, 4, 8):
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            "1" if devices == "unsharded" else str(devices),
-        ]
+        h.log(f"[{devices}] devices")
+        command = ["--worker", "1" if devices == "unsharded" else str(devices)]
         command += ["--rows", str(args.rows), "--time", str(args.time), "--calls", str(args.calls)]
         command += ["--unsharded"] if devices == "unsharded" else []
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            sys.exit(f"{devices} devices failed:\n{done.stderr}")
-        results[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[devices] = h.run_self(*command, timeout=900)
     one = results[1]  # the sharded buffer on one device
 
-    lines = [
+    report.add(
         f"Weak scaling: {args.rows} rows x {args.time} steps of f32[64] per device; add of 1 "
         "step to every row; sample of 32 windows of 8 steps per device.",
         "",
         "Ratios are against the sharded buffer on 1 device; the first row is the same buffer "
         "without `sharding`.",
         "",
-        "| devices | add | vs 1 | sample | vs 1 | HLO add / sample (chars) | collectives |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+    )
+    cells = [
+        [
+            str(devices),
+            f"{r['add'] * 1e6:.1f} µs",
+            f"{r['add'] / one['add']:.2f}",
+            f"{r['sample'] * 1e6:.1f} µs",
+            f"{r['sample'] / one['sample']:.2f}",
+            f"{r['add_hlo']:,} / {r['sample_hlo']:,}",
+            "yes" if r["collectives"] else "none",
+        ]
+        for devices, r in results.items()
     ]
-    for devices, r in results.items():
-        lines.append(
-            f"| {devices} | {r['add'] * 1e6:.1f} µs | {r['add'] / one['add']:.2f} | "
-            f"{r['sample'] * 1e6:.1f} µs | {r['sample'] / one['sample']:.2f} | "
-            f"{r['add_hlo']:,} / {r['sample_hlo']:,} | {'yes' if r['collectives'] else 'none'} |"
-        )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    header = [
+        "devices",
+        "add",
+        "vs 1",
+        "sample",
+        "vs 1",
+        "HLO add / sample (chars)",
+        "collectives",
+    ]
+    report.table(header, cells, align="rrrrrrl", section="table")
+    report.write(
+        [
+            "Timing: the fastest of 5 blocks of "
+            f"{args.calls} calls, per call; each mesh size in a process of its own."
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ compression (Flashbax's default, gzip level 5), then the whole vault read back.
 Both vaults get exactly the same states, one after the other in the same loop; every write
 is timed on its own. Reads alternate between the two vaults (best of `--repeats`); both
 read-backs are checked equal to what was added.
+
+It prints the table and writes it to `benchmarks/results/vault_compare.md`
+(`vault_compare_tiny.md` with `--tiny`; `--out DIR` writes elsewhere).
 """
 
-import argparse
 import os
 import shutil
 import tempfile
 import time
 import warnings
 
+import _harness as h
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,17 +47,17 @@ def quietly(fn, *args, **kwargs):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = h.parser(__doc__)
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--steps", type=int, default=100_000, help="steps per row in all")
     parser.add_argument("--capacity", type=int, default=10_000, help="the buffer's time axis")
     parser.add_argument("--write-every", type=int, default=1000)
     parser.add_argument("--obs", type=int, default=16, help="float32 observation size")
     parser.add_argument("--repeats", type=int, default=3, help="reads of each vault")
-    parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     if args.tiny:
         args.rows, args.steps, args.capacity, args.write_every = 4, 600, 200, 50
+    report = h.Report("vault_compare", "Vault writes and reads: eqx_replay vs Flashbax", args)
     rows, add = args.rows, args.write_every
     buffer = eqx_replay.make_trajectory_buffer(
         add_batch_size=rows,
@@ -129,18 +132,29 @@ def main() -> None:
         os.chdir(cwd)
         shutil.rmtree(base, ignore_errors=True)
     total = sum(x.nbytes for x in jax.tree.leaves(expected))
-    print(
+    report.add(
         f"{rows} rows x {args.steps} steps ({total / 1e6:.1f} MB), buffer capacity "
-        f"{args.capacity}, a write every {add} steps, gzip level 5"
+        f"{args.capacity}, a write every {add} steps, gzip level 5",
+        "",
     )
-    print("| | write (all) s | read s | on disk MB |")
-    print("|---|---|---|---|")
-    for name in ("eqx_replay", "flashbax"):
-        print(f"| {name} | {write[name]:.2f} | {read[name]:.2f} | {sizes[name] / 1e6:.1f} |")
-    print(
-        f"| Flashbax / eqx_replay | {write['flashbax'] / write['eqx_replay']:.2f}x | "
-        f"{read['flashbax'] / read['eqx_replay']:.2f}x | "
-        f"{sizes['flashbax'] / sizes['eqx_replay']:.2f}x |"
+    cells = [
+        [name, f"{write[name]:.2f}", f"{read[name]:.2f}", f"{sizes[name] / 1e6:.1f}"]
+        for name in ("eqx_replay", "flashbax")
+    ]
+    cells.append(
+        [
+            "Flashbax / eqx_replay",
+            f"{write['flashbax'] / write['eqx_replay']:.2f}x",
+            f"{read['flashbax'] / read['eqx_replay']:.2f}x",
+            f"{sizes['flashbax'] / sizes['eqx_replay']:.2f}x",
+        ]
+    )
+    report.table(["", "write (all) s", "read s", "on disk MB"], cells, align="llll")
+    report.write(
+        [
+            "Timing: every write timed on its own (the libraries alternate, the order "
+            f"reversed every write); reads alternate, the best of {args.repeats} each."
+        ]
     )
 
 
