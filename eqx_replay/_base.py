@@ -13,7 +13,10 @@ import abc
 from typing import Any, Generic, TypeVar
 
 import equinox as eqx
-from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree
+from jax.sharding import NamedSharding
+from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
+
+from ._jit import compiled_method
 
 
 _State = TypeVar("_State")
@@ -27,6 +30,8 @@ class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
 
     - `donate_state`: whether the calls that update the state (`add`, and the others that
       return a new state) update it in place, consuming the state passed in.
+    - `sharding`: the `jax.sharding.NamedSharding` whose mesh axis the rows are split over,
+      or None for a buffer on one device.
 
     **Methods** every kind defines (see each kind for the shapes):
 
@@ -39,6 +44,7 @@ class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
     """
 
     donate_state: eqx.AbstractVar[bool]
+    sharding: eqx.AbstractVar[NamedSharding | None]
 
     @abc.abstractmethod
     def init(self, experience: PyTree) -> _State:
@@ -94,16 +100,41 @@ class AbstractPrioritisedBuffer(AbstractReplayBuffer[_State, _Sample]):
     """A buffer sampled in proportion to priority, whose samples carry `indices` (handles
     to pass back to `set_priorities`) and `probabilities`."""
 
-    @abc.abstractmethod
+    @compiled_method(donates_state=True)
     def set_priorities(self, state: _State, indices: ArrayLike, priorities: ArrayLike) -> _State:
-        """The state with the sampled items' priorities set."""
+        """Sets the priorities of sampled items (windows, transitions or items) to
+        `priorities ** priority_exponent`.
+
+        **Arguments:**
+
+        - `state`: the current state; donated, as in `add`.
+        - `indices`: `sample.indices` (or a subset of them), integers of shape `(k,)`. A
+            sharded buffer needs all of the sample's indices, in the sample's order: the
+            `j`-th of its `n` equal parts goes to device `j`, and a handle that reaches a
+            device other than the one that drew it is ignored, so a shuffled, cut or
+            concatenated sample loses updates (see "Scaling out" in the README and the docs).
+        - `priorities`: non-negative floats of shape `(k,)`, e.g. absolute TD errors.
+
+        An update is ignored, and the item keeps its priority, when its window has been
+        overwritten or invalidated since it was sampled (its generation changed), when the
+        index is out of range, or when the priority is negative or NaN. When an index
+        appears more than once, the last update wins; empty `indices` change nothing.
+
+        A positive priority's `priority ** priority_exponent` is stored inside
+        `[smallest normal float32, float32 max / (2 * windows)]`, so that the total stays
+        finite and the window sampleable whatever the priorities and the exponent; +inf is
+        stored as the largest. Priorities are float32: JAX turns a float64 beyond float32's
+        range into +inf, and one below 1.4e-45 into 0.
+        """
+        where = f"{type(self).__name__}.set_priorities"
+        return self._set_priorities(where, state, indices, priorities)
 
     @abc.abstractmethod
     def _set_priorities(
         self,
         where: str,
         state: _State,
-        indices: Int[Array, " k"],
+        indices: ArrayLike,
         priorities: ArrayLike,
     ) -> _State:
         """`set_priorities`, with errors reported as coming from `where`."""

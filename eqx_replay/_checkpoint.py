@@ -574,7 +574,7 @@ def _check_version_1(
 ) -> None:
     """Checks a format-1 checkpoint's leaves against the two 32-bit sums it holds, and
     warns that they can miss damage that format 2's digests catch."""
-    sums = checksum_list(getattr(buffer, "sharding", None), state)
+    sums = checksum_list(buffer.sharding, state)
     for name, got, want in zip(names, sums, saved):
         if got != want:
             raise ValueError(
@@ -608,7 +608,7 @@ def _compare(where: str, description: dict[str, Any], buffer: AbstractBuffer) ->
 def _placements(buffer: AbstractBuffer, expected: PyTree) -> list[jax.sharding.Sharding]:
     """Where `buffer.init` places each leaf: on the default device, or for a sharded buffer
     rows split over its mesh and the rest as `_sharding.state_specs` says."""
-    sharding = getattr(buffer, "sharding", None)
+    sharding = buffer.sharding
     if sharding is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return [device for _ in jtu.tree_leaves(expected)]

@@ -32,6 +32,14 @@ def shape_str(shape: tuple[int | str, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+def describe(x: Any) -> str:
+    """`x` as an error message shows it: `float32[4, 8]`, or its type."""
+    dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+    if dtype is None or shape is None:
+        return type(x).__name__
+    return f"{dtype}{list(shape)}"
+
+
 def check_example(where: str, experience: PyTree) -> None:
     """An example step must be a non-empty pytree whose leaves are all arrays."""
     leaves = jtu.tree_flatten_with_path(experience)[0]
@@ -170,7 +178,7 @@ def check_key(where: str, key: Any) -> None:
     raw_shape = _raw_key_shape(impl)
     if dtype == jnp.uint32 and shape == raw_shape:
         return
-    got = f"{dtype}{list(shape)}" if dtype is not None else type(key).__name__
+    got = describe(key)
     raise TypeError(
         f"`{where}`: `rng_key` must be a single PRNG key, from `jax.random.key(seed)` or "
         f"`jax.random.PRNGKey(seed)` (uint32{list(raw_shape)} with the default "
@@ -284,8 +292,9 @@ def check_priorities(where: str, indices: Any, priorities: Any) -> tuple[Array, 
             else jnp.issubdtype(dtype, jnp.floating)
         )
         if not ok_dtype or len(shape) != 1:
-            got = f"{dtype}{list(shape)}" if dtype is not None else type(value).__name__
-            raise TypeError(f"`{where}`: `{name}` must be a 1-d {kind} array; got {got}")
+            raise TypeError(
+                f"`{where}`: `{name}` must be a 1-d {kind} array; got {describe(value)}"
+            )
     if indices.shape != priorities.shape:
         raise ValueError(
             f"`{where}`: `priorities` has shape {tuple(priorities.shape)} but `indices` has "
@@ -308,8 +317,7 @@ def check_beta(where: str, beta: Any) -> None:
         and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
     )
     if not (is_number or is_scalar_array):
-        shape = list(getattr(beta, "shape", ()))
-        got = f"{dtype}{shape}" if dtype is not None else f"{type(beta).__name__} {beta!r}"
+        got = describe(beta) if dtype is not None else f"{type(beta).__name__} {beta!r}"
         raise TypeError(f"`{where}`: `beta` must be a number in [0, 1]; got {got}")
     value = float(beta)
     if not 0 <= value <= 1:

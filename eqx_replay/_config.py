@@ -13,19 +13,14 @@ would overflow it are refused here, before anything is allocated:
 """
 
 import dataclasses
-import math
 import numbers
 import operator
 import os
 import sys
 import warnings
-from collections.abc import Callable
-from typing import Any, cast, get_args, Literal
+from typing import NamedTuple
 
 import equinox as eqx
-import jax
-import jax.tree_util as jtu
-from jaxtyping import PyTree
 
 
 INT32_MAX = 2**31 - 1
@@ -51,7 +46,7 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=level)
 
 
-def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
+def positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     if isinstance(value, bool):
         raise TypeError(f"`{name}` must be an int; got the bool {value!r}")
     try:
@@ -69,7 +64,7 @@ def _rows_of(max_size: object, rows: int) -> tuple[int, int]:
 
     **Returns:** `(max_size, max_size // rows)`.
     """
-    size = _positive_int("max_size", max_size)
+    size = positive_int("max_size", max_size)
     if size < rows:
         raise ValueError(
             f"`max_size` ({size}) must be at least `add_batch_size` ({rows}), so that "
@@ -80,9 +75,18 @@ def _rows_of(max_size: object, rows: int) -> tuple[int, int]:
 
 def donate_flag(donate_state: object) -> bool:
     """Validates `donate_state`."""
-    if not isinstance(donate_state, bool):
-        raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
-    return donate_state
+    return check_flag("donate_state", donate_state)
+
+
+class TrajectoryConfig(NamedTuple):
+    """A trajectory buffer's configuration, validated (see `TrajectoryBuffer`)."""
+
+    add_batch_size: int
+    sample_batch_size: int
+    sample_sequence_length: int
+    period: int
+    min_length_time_axis: int
+    max_length_time_axis: int
 
 
 def trajectory_config(
@@ -94,19 +98,28 @@ def trajectory_config(
     min_length_time_axis: object,
     max_size: object | None,
     max_length_time_axis: object | None,
-) -> tuple[int, int, int, int, int, int]:
+    items: bool = False,
+    handles: bool = False,
+) -> TrajectoryConfig:
     """Validates a trajectory buffer's configuration.
 
-    **Returns:** `(add_batch_size, sample_batch_size, sample_sequence_length, period,
-    min_length_time_axis, max_length_time_axis)` as ints, with the time axis resolved from
-    `max_size` when that was given and `min_length_time_axis` raised to
-    `sample_sequence_length` when it was smaller.
+    **Arguments:** the constructor's, and
+
+    - `items`: whether the buffer samples windows as items (a prioritised buffer, or
+        `boundary="strict"`): they start at physical multiples of `period`, so the time
+        axis is rounded down to one (with a warning), every constraint checked again after
+        rounding, and the items' bookkeeping must fit in int32 (`check_items`).
+    - `handles`: whether its samples carry handles (a prioritised buffer).
+
+    **Returns:** the configuration as ints, with the time axis resolved from `max_size`
+    when that was given and `min_length_time_axis` raised to `sample_sequence_length` when
+    it was smaller.
     """
-    rows = _positive_int("add_batch_size", add_batch_size)
-    samples = _positive_int("sample_batch_size", sample_batch_size)
-    length = _positive_int("sample_sequence_length", sample_sequence_length)
-    period_ = _positive_int("period", period)
-    min_length = _positive_int("min_length_time_axis", min_length_time_axis, allow_zero=True)
+    rows = positive_int("add_batch_size", add_batch_size)
+    samples = positive_int("sample_batch_size", sample_batch_size)
+    length = positive_int("sample_sequence_length", sample_sequence_length)
+    period_ = positive_int("period", period)
+    min_length = positive_int("min_length_time_axis", min_length_time_axis, allow_zero=True)
     if (max_size is None) == (max_length_time_axis is None):
         raise ValueError(
             "give exactly one of `max_size` (steps in the whole buffer) and "
@@ -121,7 +134,7 @@ def trajectory_config(
                 f"buffer holds {capacity} steps per row, {capacity * rows} in all"
             )
     else:
-        capacity = _positive_int("max_length_time_axis", max_length_time_axis)
+        capacity = positive_int("max_length_time_axis", max_length_time_axis)
     check_time_axis(capacity, INT32_MAX // 2, "a ring's index arithmetic reaches 2 x the time axis")
     if length > capacity:
         raise ValueError(
@@ -144,32 +157,25 @@ def trajectory_config(
             f"`period` ({period_}) is greater than `sample_sequence_length` ({length}): "
             f"{period_ - length} of every {period_} steps are never sampled"
         )
-    return rows, samples, length, period_, min_length, capacity
+    if items:
+        capacity = grid_capacity(capacity, period_, length, min_length)
+        check_items(rows, capacity, period_, handles=handles)
+    return TrajectoryConfig(rows, samples, length, period_, min_length, capacity)
 
 
-def prioritised_config(
-    *, priority_exponent: object, **trajectory: object
-) -> tuple[tuple[int, int, int, int, int, int], float]:
-    """Validates a prioritised trajectory buffer's configuration.
-
-    Items are windows starting at physical multiples of `period`, so the time axis is rounded
-    down to a multiple of `period` (with a warning), and every constraint is checked again
-    after rounding.
-
-    **Returns:** `trajectory_config`'s tuple, with the rounded time axis, and the exponent.
-    """
-    rows, samples, length, period, min_length, capacity = trajectory_config(**trajectory)  # pyright: ignore[reportArgumentType] # keywords checked there
-    if isinstance(priority_exponent, bool) or not isinstance(priority_exponent, numbers.Real):
+def check_exponent(value: object, *, unit: bool = False) -> float:
+    """Validates a priority exponent: finite in float32 and >= 0, or with `unit` (the
+    prioritised flat and item buffers, as Flashbax requires) in `[0, 1]`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            "`priority_exponent` must be a float; got "
-            f"{type(priority_exponent).__name__} {priority_exponent!r}"
+            f"`priority_exponent` must be a float; got {type(value).__name__} {value!r}"
         )
-    exponent = float(priority_exponent)
-    if not (0 <= exponent <= FLOAT32_MAX):
+    exponent = float(value)
+    if unit and not 0 <= exponent <= 1:
+        raise ValueError(f"`priority_exponent` must be in [0, 1]; got {exponent}")
+    if not 0 <= exponent <= FLOAT32_MAX:
         raise ValueError(f"`priority_exponent` must be finite in float32 and >= 0; got {exponent}")
-    rounded = grid_capacity(capacity, period, length, min_length)
-    check_items(rows, rounded, period, handles=True)
-    return (rows, samples, length, period, min_length, rounded), exponent
+    return exponent
 
 
 def check_time_axis(capacity: int, limit: int, why: str) -> None:
@@ -230,65 +236,6 @@ def grid_capacity(capacity: int, period: int, length: int, min_length: int) -> i
     return rounded
 
 
-Boundary = Literal["ignore", "mask", "strict"]
-BOUNDARIES: tuple[Boundary, ...] = get_args(Boundary)
-
-
-def episode_config(
-    *, episode_end: object, boundary: object
-) -> tuple[Callable[[PyTree], Any] | None, Boundary]:
-    """Validates how a buffer treats episode boundaries.
-
-    `boundary="mask"` (and `"strict"`) need `episode_end`; with `"ignore"` an `episode_end`
-    is allowed and unused.
-
-    **Returns:** `(episode_end, boundary)`.
-    """
-    allowed = ", ".join(repr(b) for b in BOUNDARIES)
-    if not isinstance(boundary, str):
-        raise TypeError(f"`boundary` must be one of {allowed}; got {boundary!r}")
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"`boundary` must be one of {allowed}; got {boundary!r}")
-    if episode_end is not None and not callable(episode_end):
-        raise TypeError(
-            "`episode_end` must be a function from a step of experience to its boolean "
-            "episode-end leaf, e.g. `lambda step: step['done']`; got "
-            f"{type(episode_end).__name__} {episode_end!r}"
-        )
-    if episode_end is not None:
-        check_hashable(episode_end)
-    if boundary != "ignore" and episode_end is None:
-        raise ValueError(
-            f"`boundary={boundary!r}` needs `episode_end`, a function from a step of "
-            "experience to its boolean episode-end leaf, e.g. "
-            "`episode_end=lambda step: step['done']`"
-        )
-    return episode_end, cast(Boundary, boundary)
-
-
-def check_hashable(episode_end: Callable[[PyTree], Any]) -> None:
-    """`episode_end` is a static field of the buffer, which JAX hashes to find its compiled
-    code: it must be hashable."""
-    try:
-        hash(episode_end)
-    except TypeError as error:
-        arrays = [
-            jtu.keystr(path)
-            for path, leaf in jtu.tree_flatten_with_path(episode_end)[0]
-            if isinstance(leaf, jax.Array)
-        ]
-        what = (
-            f"{type(episode_end).__name__}(...) with array leaves {', '.join(arrays)}"
-            if arrays
-            else f"an unhashable {type(episode_end).__name__} ({error})"
-        )
-        raise TypeError(
-            "`episode_end` is a static field of the buffer, so it must be hashable; got "
-            f"{what}. Close over the arrays in a function instead, e.g. "
-            "`episode_end=lambda step: my_end(step)`, or make them static fields."
-        ) from None
-
-
 def flat_config(
     *,
     max_length: object,
@@ -296,19 +243,19 @@ def flat_config(
     sample_batch_size: object,
     add_sequences: object,
     add_batch_size: object | None,
-) -> dict[str, Any]:
+) -> TrajectoryConfig:
     """Validates a flat buffer's configuration, as Flashbax does but with errors that name
     the argument.
 
-    **Returns:** the keywords of its trajectory buffer: `add_batch_size` rows (1 for
+    **Returns:** its trajectory buffer's configuration: `add_batch_size` rows (1 for
     `None`) of `max_length // add_batch_size` steps, windows of 2 steps with period 1,
     `min_length // add_batch_size + 1` steps per row (at least 2) before sampling.
     """
-    length = _positive_int("max_length", max_length)
-    minimum = _positive_int("min_length", min_length, allow_zero=True)
-    samples = _positive_int("sample_batch_size", sample_batch_size)
+    length = positive_int("max_length", max_length)
+    minimum = positive_int("min_length", min_length, allow_zero=True)
+    samples = positive_int("sample_batch_size", sample_batch_size)
     check_flag("add_sequences", add_sequences)
-    rows = 1 if add_batch_size is None else _positive_int("add_batch_size", add_batch_size)
+    rows = 1 if add_batch_size is None else positive_int("add_batch_size", add_batch_size)
     capacity = length // rows
     if samples > length:
         raise ValueError(f"`sample_batch_size` ({samples}) must be <= `max_length` ({length})")
@@ -324,7 +271,7 @@ def flat_config(
             f"steps per row, more than the {capacity} that `max_length` ({length}) gives "
             f"each of the {rows} rows"
         )
-    return dict(
+    return TrajectoryConfig(
         add_batch_size=rows,
         sample_batch_size=samples,
         sample_sequence_length=2,
@@ -341,23 +288,23 @@ def item_config(
     sample_batch_size: object,
     add_sequences: object,
     add_batches: object,
-) -> dict[str, Any]:
+) -> TrajectoryConfig:
     """Validates an item buffer's configuration, as Flashbax does but with errors that name
     the argument.
 
-    **Returns:** the keywords of its trajectory buffer: one row of `max_length` steps,
+    **Returns:** its trajectory buffer's configuration: one row of `max_length` steps,
     windows of one step, `min_length` steps (at least 1) before sampling.
     """
-    length = _positive_int("max_length", max_length)
-    minimum = _positive_int("min_length", min_length, allow_zero=True)
-    samples = _positive_int("sample_batch_size", sample_batch_size)
+    length = positive_int("max_length", max_length)
+    minimum = positive_int("min_length", min_length, allow_zero=True)
+    samples = positive_int("sample_batch_size", sample_batch_size)
     check_flag("add_sequences", add_sequences)
     check_flag("add_batches", add_batches)
     if samples > length:
         raise ValueError(f"`sample_batch_size` ({samples}) must be <= `max_length` ({length})")
     if minimum > length:
         raise ValueError(f"`min_length` ({minimum}) must be <= `max_length` ({length})")
-    return dict(
+    return TrajectoryConfig(
         add_batch_size=1,
         sample_batch_size=samples,
         sample_sequence_length=1,
@@ -374,18 +321,13 @@ def check_flag(name: str, value: object) -> bool:
     return value
 
 
-def unit_exponent(priority_exponent: object) -> float:
-    """Validates the priority exponent of the prioritised flat and item buffers, which
-    Flashbax requires to lie in `[0, 1]`."""
-    if isinstance(priority_exponent, bool) or not isinstance(priority_exponent, numbers.Real):
-        raise TypeError(
-            "`priority_exponent` must be a float; got "
-            f"{type(priority_exponent).__name__} {priority_exponent!r}"
-        )
-    exponent = float(priority_exponent)
-    if not 0 <= exponent <= 1:
-        raise ValueError(f"`priority_exponent` must be in [0, 1]; got {exponent}")
-    return exponent
+class QueueConfig(NamedTuple):
+    """A trajectory queue's configuration, validated (see `TrajectoryQueue`)."""
+
+    max_length_time_axis: int
+    add_batch_size: int
+    add_sequence_length: int
+    sample_sequence_length: int
 
 
 def queue_config(
@@ -395,14 +337,13 @@ def queue_config(
     add_sequence_length: object,
     sample_sequence_length: object,
     max_size: object | None,
-) -> tuple[int, int, int, int]:
+) -> QueueConfig:
     """Validates a trajectory queue's configuration.
 
-    **Returns:** `(max_length_time_axis, add_batch_size, add_sequence_length,
-    sample_sequence_length)`, the time axis from `max_size` when that was given (with
+    **Returns:** the configuration, the time axis from `max_size` when that was given (with
     Flashbax's warning).
     """
-    rows = _positive_int("add_batch_size", add_batch_size)
+    rows = positive_int("add_batch_size", add_batch_size)
     if max_size is not None:
         size, capacity = _rows_of(max_size, rows)
         _warn(
@@ -410,65 +351,14 @@ def queue_config(
             f"add_batch_size` = {capacity}, in place of the `max_length_time_axis` given"
         )
     else:
-        capacity = _positive_int("max_length_time_axis", max_length_time_axis)
+        capacity = positive_int("max_length_time_axis", max_length_time_axis)
     check_time_axis(capacity, INT32_MAX // 2, "a ring's index arithmetic reaches 2 x the time axis")
     for name, value in (
         ("add_sequence_length", add_sequence_length),
         ("sample_sequence_length", sample_sequence_length),
     ):
-        if _positive_int(name, value) > capacity:
+        if positive_int(name, value) > capacity:
             raise ValueError(
                 f"`{name}` ({value}) must be <= the queue's time axis ({capacity} steps per row)"
             )
-    return capacity, rows, int(add_sequence_length), int(sample_sequence_length)  # pyright: ignore[reportArgumentType] # checked above
-
-
-def mixer_config(
-    *, buffers: object, sample_batch_size: object, proportions: object
-) -> tuple[tuple[Any, ...], int, tuple[float, ...], tuple[int, ...]]:
-    """Validates a mixer's configuration.
-
-    **Returns:** `(buffers, sample_batch_size, proportions, counts)`: the items drawn from
-    each buffer, from the normalised proportions rounded down, with what rounding leaves
-    over added to the first buffer's (Flashbax's rule).
-    """
-    from ._base import AbstractReplayBuffer
-
-    if not isinstance(buffers, (list, tuple)) or not buffers:
-        raise TypeError(f"`buffers` must be a non-empty list or tuple of buffers; got {buffers!r}")
-    for i, buffer in enumerate(buffers):
-        if not isinstance(buffer, AbstractReplayBuffer):
-            raise TypeError(
-                f"`buffers[{i}]` is a {type(buffer).__name__}; a mixer samples buffers that "
-                "take a key (a trajectory queue cannot be mixed)"
-            )
-        if type(buffer) is not type(buffers[0]):
-            raise TypeError(
-                f"`buffers` must be of one kind: buffers[0] is a {type(buffers[0]).__name__}, "
-                f"buffers[{i}] a {type(buffer).__name__}"
-            )
-        if getattr(buffer, "sharding", None) is not None:
-            raise ValueError(
-                f"`buffers[{i}]` is sharded, which a mixer does not support: sample the "
-                "sharded buffers one by one and concatenate the samples"
-            )
-    samples = _positive_int("sample_batch_size", sample_batch_size)
-    if not isinstance(proportions, (list, tuple)) or len(proportions) != len(buffers):
-        raise ValueError(
-            f"`proportions` must be a list or tuple of {len(buffers)} numbers, one per "
-            f"buffer; got {proportions!r}"
-        )
-    shares = []
-    for i, share in enumerate(proportions):
-        if isinstance(share, bool) or not isinstance(share, numbers.Real):
-            raise TypeError(f"`proportions[{i}]` must be a number; got {share!r}")
-        if not (math.isfinite(share) and float(share) >= 0):
-            raise ValueError(f"`proportions[{i}]` must be finite and >= 0; got {share}")
-        shares.append(share)
-    total = sum(shares)
-    if total <= 0:
-        raise ValueError(f"`proportions` must not all be zero; got {proportions!r}")
-    # Flashbax's arithmetic, operation for operation, so that the counts agree.
-    counts = [int(share / total * samples) for share in shares]
-    counts[0] += samples - sum(counts)
-    return tuple(buffers), samples, tuple(float(p) for p in shares), tuple(counts)
+    return QueueConfig(capacity, rows, int(add_sequence_length), int(sample_sequence_length))  # pyright: ignore[reportArgumentType] # checked above

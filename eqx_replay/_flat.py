@@ -15,8 +15,9 @@ of what `add` takes, in Flashbax's four modes:
 | B                | True            | `(B, t, ...)`   | `(B, t, ...)`    |
 """
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax.tree_util as jtu
@@ -25,12 +26,13 @@ from jax.sharding import NamedSharding
 from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
+from ._abstract_trajectory import AbstractTrajectoryState
 from ._checks import Axis, check_leading
-from ._config import donate_flag, flat_config, unit_exponent
+from ._config import check_exponent, donate_flag, flat_config, TrajectoryConfig
 from ._data import Data
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
-from ._sharding import local_flat, shard_config
+from ._sharding import quietly, shard_config
 from ._trajectory import TrajectoryBuffer, TrajectoryBufferState
 from ._windows import Drawn
 
@@ -79,7 +81,7 @@ class PrioritisedTransitionSample(Data):
 _SPLIT_READ_BYTES = 1024
 
 
-def _pairs(buffer: Any, state: Any, drawn: Drawn) -> ExperiencePair:
+def _pairs(buffer: Any, state: AbstractTrajectoryState, drawn: Drawn) -> ExperiencePair:
     """The two steps of each drawn window, not yet poisoned."""
     leaves, structure = jtu.tree_flatten(state.experience)
     large = [math.prod(x.shape[2:]) * x.dtype.itemsize >= _SPLIT_READ_BYTES for x in leaves]
@@ -103,24 +105,72 @@ def _pairs(buffer: Any, state: Any, drawn: Drawn) -> ExperiencePair:
     )
 
 
-def _as_rows(where: str, storage: PyTree, batch: PyTree, rows: int | None, sequences: bool):
-    """Checks a batch in the flat buffer's add mode and shapes it `(rows, t, ...)`."""
-    capacity = jtu.tree_leaves(storage)[0].shape[1]
-    axes = ((Axis(str(rows), rows, rows),) if rows is not None else ()) + (
-        (Axis("t", 1, capacity),) if sequences else ()
-    )
-    check_leading(where, storage, batch, axes)
-    lead = len(axes)
-
-    def shaped(x: Array) -> Array:
-        batch_rows = x.shape[0] if rows is not None else 1
-        steps = x.shape[lead - 1] if sequences else 1
-        return x.reshape((batch_rows, steps, *x.shape[lead:]))
-
-    return jtu.tree_map(shaped, batch)
+_State = TypeVar("_State", bound=AbstractTrajectoryState)
+_Sample = TypeVar("_Sample")
+_Kind = TypeVar("_Kind", bound="AbstractFlatBuffer")
 
 
-class FlatBuffer(AbstractLayeredBuffer):
+class AbstractFlatBuffer(AbstractLayeredBuffer[_State, _Sample]):
+    """What the uniform and prioritised flat buffers share: the add modes, the
+    configuration of their trajectory buffer, and the view each device runs."""
+
+    max_length: eqx.AbstractVar[int]
+    min_length: eqx.AbstractVar[int]
+    add_sequences: eqx.AbstractVar[bool]
+    add_batch_size: eqx.AbstractVar[int | None]
+
+    def _trajectory_config(self) -> TrajectoryConfig:
+        """The configuration of the trajectory buffer underneath, validated (`sharding`
+        too)."""
+        config = flat_config(
+            max_length=self.max_length,
+            min_length=self.min_length,
+            sample_batch_size=self.sample_batch_size,
+            add_sequences=self.add_sequences,
+            add_batch_size=self.add_batch_size,
+        )
+        shard_config(
+            type(self).__name__,
+            self.sharding,
+            add_batch_size=self.add_batch_size,
+            sample_batch_size=self.sample_batch_size,
+        )
+        return config
+
+    def _local(self: _Kind) -> _Kind:
+        shards, rows = self.buffer._shards, self.add_batch_size
+        assert shards is not None and rows is not None
+        n = shards.count
+        return quietly(
+            lambda: dataclasses.replace(
+                self,
+                max_length=self.max_length // n,
+                min_length=self.min_length // n,
+                sample_batch_size=self.sample_batch_size // n,
+                add_batch_size=rows // n,
+                sharding=None,
+            )
+        )
+
+    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+        """Checks a batch in the flat buffer's add mode and shapes it `(rows, t, ...)`."""
+        rows, sequences = self.add_batch_size, self.add_sequences
+        capacity = jtu.tree_leaves(storage)[0].shape[1]
+        axes = ((Axis(str(rows), rows, rows),) if rows is not None else ()) + (
+            (Axis("t", 1, capacity),) if sequences else ()
+        )
+        check_leading(where, storage, batch, axes)
+        lead = len(axes)
+
+        def shaped(x: Array) -> Array:
+            batch_rows = x.shape[0] if rows is not None else 1
+            steps = x.shape[lead - 1] if sequences else 1
+            return x.reshape((batch_rows, steps, *x.shape[lead:]))
+
+        return jtu.tree_map(shaped, batch)
+
+
+class FlatBuffer(AbstractFlatBuffer[TrajectoryBufferState, TransitionSample]):
     """A buffer of transitions sampled uniformly as pairs of consecutive steps, Flashbax's
     flat buffer as an Equinox Module (see the module docstring for the add modes).
 
@@ -165,27 +215,11 @@ class FlatBuffer(AbstractLayeredBuffer):
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
         self.donate_state = donate_flag(donate_state)
-        config = flat_config(
-            max_length=max_length,
-            min_length=min_length,
-            sample_batch_size=sample_batch_size,
-            add_sequences=add_sequences,
-            add_batch_size=add_batch_size,
-        )
-        shard_config(
-            "FlatBuffer",
-            sharding,
-            add_batch_size=add_batch_size,
-            sample_batch_size=sample_batch_size,
-        )
         self.sharding = sharding
-        self.buffer = TrajectoryBuffer(**config, donate_state=self.donate_state, sharding=sharding)
-
-    def _local(self) -> "FlatBuffer":
-        return local_flat(self)
-
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
-        return _as_rows(where, storage, batch, self.add_batch_size, self.add_sequences)
+        config = self._trajectory_config()
+        self.buffer = TrajectoryBuffer(
+            **config._asdict(), donate_state=self.donate_state, sharding=sharding
+        )
 
     def _draw(
         self, where: str, state: TrajectoryBufferState, key: PRNGKeyArray, count: int
@@ -196,7 +230,10 @@ class FlatBuffer(AbstractLayeredBuffer):
         return drawn.ok, TransitionSample(_pairs(self.buffer, state, drawn))
 
 
-class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
+class PrioritisedFlatBuffer(
+    AbstractFlatBuffer[PrioritisedTrajectoryBufferState, PrioritisedTransitionSample],
+    AbstractLayeredPrioritisedBuffer[PrioritisedTransitionSample],
+):
     """A flat buffer whose transitions are sampled in proportion to
     `priority ** priority_exponent`, Flashbax's prioritised flat buffer as an Equinox
     Module: a transition is the window of its two steps in a `PrioritisedTrajectoryBuffer`,
@@ -229,34 +266,15 @@ class PrioritisedFlatBuffer(AbstractLayeredPrioritisedBuffer):
         self.max_length, self.min_length = max_length, min_length
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
-        self.priority_exponent = unit_exponent(priority_exponent)
+        self.priority_exponent = check_exponent(priority_exponent, unit=True)
         self.donate_state = donate_flag(donate_state)
-        config = flat_config(
-            max_length=max_length,
-            min_length=min_length,
-            sample_batch_size=sample_batch_size,
-            add_sequences=add_sequences,
-            add_batch_size=add_batch_size,
-        )
-        shard_config(
-            "PrioritisedFlatBuffer",
-            sharding,
-            add_batch_size=add_batch_size,
-            sample_batch_size=sample_batch_size,
-        )
         self.sharding = sharding
         self.buffer = PrioritisedTrajectoryBuffer(
-            **config,
+            **self._trajectory_config()._asdict(),
             priority_exponent=self.priority_exponent,
             donate_state=self.donate_state,
             sharding=sharding,
         )
-
-    def _local(self) -> "PrioritisedFlatBuffer":
-        return local_flat(self, priority_exponent=self.priority_exponent)
-
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
-        return _as_rows(where, storage, batch, self.add_batch_size, self.add_sequences)
 
     def _draw(
         self, where: str, state: PrioritisedTrajectoryBufferState, key: PRNGKeyArray, count: int

@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Array, Bool, PyTree, Shaped
 
 from ._control import by_platform, run_if
+from ._data import AbstractMaskedSample
 
 
 def poison(dtype: np.dtype) -> Array:
@@ -69,7 +70,7 @@ def poison_selected(ok: Bool[Array, ""], x: PyTree[Shaped[Array, "..."]]) -> PyT
 def poison_sample(ok: Bool[Array, ""], sample: Any) -> Any:
     """`sample` where `ok`, otherwise with its `experience` (and its `mask`, when it has
     one) filled with poison; handles and probabilities are left to the buffer."""
-    mask = getattr(sample, "mask", None)
+    mask = sample.mask if isinstance(sample, AbstractMaskedSample) else None
     experience, mask = poison_unless(ok, (sample.experience, mask))
     sample = eqx.tree_at(lambda s: s.experience, sample, experience)
     if mask is not None:

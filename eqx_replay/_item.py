@@ -14,7 +14,7 @@ that row, in Flashbax's four modes:
 """
 
 import math
-from typing import Any
+from typing import Never, TypeVar
 
 import equinox as eqx
 import jax.tree_util as jtu
@@ -22,8 +22,9 @@ from beartype import beartype
 from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
+from ._abstract_trajectory import AbstractTrajectoryState
 from ._checks import Axis, check_leading
-from ._config import donate_flag, item_config, unit_exponent
+from ._config import check_exponent, donate_flag, item_config, TrajectoryConfig
 from ._data import Data
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
@@ -58,30 +59,58 @@ class PrioritisedItemBufferSample(Data):
     probabilities: Float[Array, " sample_batch"]
 
 
-def _as_items(
-    where: str, storage: PyTree, batch: PyTree, batches: bool, sequences: bool
-) -> PyTree[Array]:
-    """Checks a batch in the item buffer's add mode and shapes it `(1, items, ...)`."""
-    capacity = jtu.tree_leaves(storage)[0].shape[1]
-    axes = ((Axis("b", 1, capacity),) if batches else ()) + (
-        (Axis("t", 1, capacity),) if sequences else ()
-    )
-    sizes = check_leading(where, storage, batch, axes)
-    items = math.prod(sizes)
-    if items > capacity:
-        raise ValueError(
-            f"`{where}`: the batch holds {' x '.join(map(str, sizes))} = {items} items; at "
-            f"most `max_length` ({capacity}) can be added at once"
+_State = TypeVar("_State", bound=AbstractTrajectoryState)
+_Sample = TypeVar("_Sample")
+
+
+class AbstractItemBuffer(AbstractLayeredBuffer[_State, _Sample]):
+    """What the uniform and prioritised item buffers share: the add modes and the
+    configuration of their trajectory buffer of one row. They are not sharded."""
+
+    max_length: eqx.AbstractVar[int]
+    min_length: eqx.AbstractVar[int]
+    add_sequences: eqx.AbstractVar[bool]
+    add_batches: eqx.AbstractVar[bool]
+
+    @property
+    def sharding(self) -> None:
+        """Item buffers are not sharded."""
+        return None
+
+    def _trajectory_config(self) -> TrajectoryConfig:
+        """The configuration of the trajectory buffer underneath, validated."""
+        return item_config(
+            max_length=self.max_length,
+            min_length=self.min_length,
+            sample_batch_size=self.sample_batch_size,
+            add_sequences=self.add_sequences,
+            add_batches=self.add_batches,
         )
-    return jtu.tree_map(lambda x: x.reshape((1, items, *x.shape[len(axes) :])), batch)
+
+    def _local(self) -> Never:
+        raise TypeError(f"{type(self).__name__} cannot be sharded")
+
+    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+        """Checks a batch in the item buffer's add mode and shapes it `(1, items, ...)`."""
+        capacity = jtu.tree_leaves(storage)[0].shape[1]
+        axes = ((Axis("b", 1, capacity),) if self.add_batches else ()) + (
+            (Axis("t", 1, capacity),) if self.add_sequences else ()
+        )
+        sizes = check_leading(where, storage, batch, axes)
+        items = math.prod(sizes)
+        if items > capacity:
+            raise ValueError(
+                f"`{where}`: the batch holds {' x '.join(map(str, sizes))} = {items} items; at "
+                f"most `max_length` ({capacity}) can be added at once"
+            )
+        return jtu.tree_map(lambda x: x.reshape((1, items, *x.shape[len(axes) :])), batch)
+
+    def _items(self, state: _State, drawn: Drawn) -> PyTree[Array]:
+        """The drawn items, not yet poisoned."""
+        return _ring.read_steps(state.experience, drawn.rows, drawn.starts)
 
 
-def _items(state: Any, drawn: Drawn) -> PyTree[Array]:
-    """The drawn items, not yet poisoned."""
-    return _ring.read_steps(state.experience, drawn.rows, drawn.starts)
-
-
-class ItemBuffer(AbstractLayeredBuffer):
+class ItemBuffer(AbstractItemBuffer[TrajectoryBufferState, ItemBufferSample]):
     """A buffer of independent items sampled uniformly, Flashbax's item buffer as an
     Equinox Module (see the module docstring for the add modes).
 
@@ -118,27 +147,21 @@ class ItemBuffer(AbstractLayeredBuffer):
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batches = add_sequences, add_batches
         self.donate_state = donate_flag(donate_state)
-        config = item_config(
-            max_length=max_length,
-            min_length=min_length,
-            sample_batch_size=sample_batch_size,
-            add_sequences=add_sequences,
-            add_batches=add_batches,
-        )
-        self.buffer = TrajectoryBuffer(**config, donate_state=self.donate_state)
-
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
-        return _as_items(where, storage, batch, self.add_batches, self.add_sequences)
+        config = self._trajectory_config()
+        self.buffer = TrajectoryBuffer(**config._asdict(), donate_state=self.donate_state)
 
     def _draw(
         self, where: str, state: TrajectoryBufferState, key: PRNGKeyArray, count: int
     ) -> tuple[Bool[Array, ""], ItemBufferSample]:
         """Items drawn uniformly with replacement: leaves `(count, ...)`."""
         drawn = self.buffer._choose(where, state, key, count)
-        return drawn.ok, ItemBufferSample(_items(state, drawn))
+        return drawn.ok, ItemBufferSample(self._items(state, drawn))
 
 
-class PrioritisedItemBuffer(AbstractLayeredPrioritisedBuffer):
+class PrioritisedItemBuffer(
+    AbstractItemBuffer[PrioritisedTrajectoryBufferState, PrioritisedItemBufferSample],
+    AbstractLayeredPrioritisedBuffer[PrioritisedItemBufferSample],
+):
     """An item buffer whose items are sampled in proportion to
     `priority ** priority_exponent`, Flashbax's prioritised item buffer as an Equinox
     Module, over a `PrioritisedTrajectoryBuffer` (whose state is its state)."""
@@ -167,21 +190,13 @@ class PrioritisedItemBuffer(AbstractLayeredPrioritisedBuffer):
         self.max_length, self.min_length = max_length, min_length
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batches = add_sequences, add_batches
-        self.priority_exponent = unit_exponent(priority_exponent)
+        self.priority_exponent = check_exponent(priority_exponent, unit=True)
         self.donate_state = donate_flag(donate_state)
-        config = item_config(
-            max_length=max_length,
-            min_length=min_length,
-            sample_batch_size=sample_batch_size,
-            add_sequences=add_sequences,
-            add_batches=add_batches,
-        )
         self.buffer = PrioritisedTrajectoryBuffer(
-            **config, priority_exponent=self.priority_exponent, donate_state=self.donate_state
+            **self._trajectory_config()._asdict(),
+            priority_exponent=self.priority_exponent,
+            donate_state=self.donate_state,
         )
-
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
-        return _as_items(where, storage, batch, self.add_batches, self.add_sequences)
 
     def _draw(
         self, where: str, state: PrioritisedTrajectoryBufferState, key: PRNGKeyArray, count: int
@@ -191,7 +206,7 @@ class PrioritisedItemBuffer(AbstractLayeredPrioritisedBuffer):
         drawn = self.buffer._choose(where, state, key, count)
         assert drawn.indices is not None and drawn.probabilities is not None
         return drawn.ok, PrioritisedItemBufferSample(
-            _items(state, drawn), drawn.indices, drawn.probabilities
+            self._items(state, drawn), drawn.indices, drawn.probabilities
         )
 
 

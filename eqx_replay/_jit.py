@@ -44,7 +44,16 @@ import functools as ft
 import inspect
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any, Concatenate, Generic, overload, ParamSpec, TypeVar
+from typing import (
+    Any,
+    Concatenate,
+    Generic,
+    overload,
+    ParamSpec,
+    Protocol,
+    runtime_checkable,
+    TypeVar,
+)
 
 import jax
 import jax.lax as lax
@@ -55,7 +64,19 @@ from jax.core import Tracer
 from jaxtyping import jaxtyped, TypeCheckError
 
 
-_B = TypeVar("_B")
+@runtime_checkable
+class _Buffer(Protocol):
+    """What a compiled method reads of its buffer: every buffer kind and the mixer declare
+    both."""
+
+    @property
+    def donate_state(self) -> bool: ...
+
+    @property
+    def sharding(self) -> jax.sharding.NamedSharding | None: ...
+
+
+_B = TypeVar("_B", bound=_Buffer)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
@@ -192,7 +213,7 @@ class CompiledMethod(Generic[_B, _P, _R]):
         ft.update_wrapper(self, fn)
 
     def _compile(self, buffer: _B, config: Hashable) -> Callable[_P, _R]:
-        donate = self._donates_state and getattr(buffer, "donate_state")
+        donate = self._donates_state and buffer.donate_state
         where = f"{type(buffer).__name__}.{self._fn.__name__}"
         checked, unchecked = self._checked, self._unchecked
 
@@ -214,9 +235,9 @@ class CompiledMethod(Generic[_B, _P, _R]):
         # A donated array of several devices crashes the process when passed again (JAX
         # 0.10, CPU) instead of raising: a sharded buffer checks before calling (a few
         # microseconds per call; an unsharded one finds out from JAX's error, at no cost).
-        sharding = getattr(buffer, "sharding", None)
+        sharding = buffer.sharding
         check_donated = donate and sharding is not None
-        mesh = getattr(sharding, "mesh", None)
+        mesh = sharding.mesh if sharding is not None else None
         mesh = mesh if isinstance(mesh, jax.sharding.Mesh) else None
 
         def call(*args: Any, **kwargs: Any) -> Any:

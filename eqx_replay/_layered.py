@@ -9,31 +9,37 @@ tree, is the trajectory buffer's.
 """
 
 import abc
-from typing import Any, cast
+from typing import Any, cast, TypeVar
 
 import equinox as eqx
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
 
+from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
 from ._checks import check_key, per_buffer
 from ._guard import poison_sample
 from ._jit import compiled_method
-from ._prioritised import PrioritisedTrajectoryBuffer
+from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
 from ._sharding import sharded_sample
-from ._trajectory import TrajectoryBuffer
 
 
-class AbstractLayeredBuffer(AbstractReplayBuffer):
-    """A buffer kind over a trajectory buffer (see the module docstring)."""
+_State = TypeVar("_State", bound=AbstractTrajectoryState)
+_Sample = TypeVar("_Sample")
+_Kind = TypeVar("_Kind", bound="AbstractLayeredBuffer")
 
-    buffer: eqx.AbstractVar[TrajectoryBuffer | PrioritisedTrajectoryBuffer]
+
+class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
+    """A buffer kind over a trajectory buffer (see the module docstring), whose state is
+    that buffer's."""
+
+    buffer: eqx.AbstractVar[AbstractTrajectoryBuffer[_State, Any]]
 
     @abc.abstractmethod
     def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
         """Checks an added batch and shapes it `(rows, steps, ...)` for the ring
         `storage`."""
 
-    def init(self, experience: PyTree) -> Any:
+    def init(self, experience: PyTree) -> _State:
         """An empty state for steps shaped like `experience`: zeros
         `(rows, time, *leaf.shape)`, as in `TrajectoryBuffer.init`."""
         return self.buffer._init(f"{type(self).__name__}.init", experience)
@@ -42,11 +48,11 @@ class AbstractLayeredBuffer(AbstractReplayBuffer):
     def _check_state(self, where: str, state: object) -> None:
         self.buffer._check_state(where, state)
 
-    def _can_sample(self, state: Any) -> Bool[Array, ""]:
+    def _can_sample(self, state: _State) -> Bool[Array, ""]:
         return self.buffer._can_sample(state)
 
     @compiled_method(donates_state=True)
-    def add(self, state: Any, batch: PyTree) -> Any:
+    def add(self, state: _State, batch: PyTree) -> _State:
         """Stores `batch`, shaped as the kind's add mode says; its buffers are donated
         unless the buffer was made with `donate_state=False`."""
         where = f"{type(self).__name__}.add"
@@ -54,14 +60,14 @@ class AbstractLayeredBuffer(AbstractReplayBuffer):
         return self.buffer._write(where, state, self._rows(where, state.experience, batch))
 
     @compiled_method()
-    def can_sample(self, state: Any) -> Bool[Array, "*batch"]:
+    def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
         """Whether `min_length` items have been added (and, when prioritised, some has a
         positive priority)."""
         where = f"{type(self).__name__}.can_sample"
         return per_buffer(where, state, self._check_state, self._can_sample)
 
     @compiled_method()
-    def sample(self, state: Any, rng_key: ArrayLike) -> Any:
+    def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
         """Draws `sample_batch_size` items; poison when `can_sample` is false."""
         where = f"{type(self).__name__}.sample"
         key = cast(PRNGKeyArray, rng_key)  # checked in `_draw`
@@ -69,38 +75,34 @@ class AbstractLayeredBuffer(AbstractReplayBuffer):
         if shards is not None:
             self._check_state(where, state)
             check_key(where, key)
-            inner = self.buffer
-            finish = (
-                inner._sharded_handles if isinstance(inner, PrioritisedTrajectoryBuffer) else None
-            )
+            finish = self.buffer._sharded_sample
             return sharded_sample(shards, self._local(), where, state, key, finish)
         return poison_sample(*self._draw(where, state, key, self.sample_batch_size))
 
-    def _local(self) -> "AbstractLayeredBuffer":
-        """The buffer each device runs on its own rows when the buffer is sharded; kinds
-        that take `sharding` define it."""
-        raise TypeError(f"{type(self).__name__} cannot be sharded")
+    @abc.abstractmethod
+    def _local(self: _Kind) -> _Kind:
+        """The buffer each device runs on its own rows when the buffer is sharded."""
 
     @abc.abstractmethod
     def _draw(
-        self, where: str, state: Any, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], Any]:
+        self, where: str, state: _State, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], _Sample]:
         """`count` items, not yet poisoned, and whether the buffer could be sampled."""
 
 
-class AbstractLayeredPrioritisedBuffer(AbstractLayeredBuffer, AbstractPrioritisedBuffer):
+class AbstractLayeredPrioritisedBuffer(
+    AbstractLayeredBuffer[PrioritisedTrajectoryBufferState, _Sample],
+    AbstractPrioritisedBuffer[PrioritisedTrajectoryBufferState, _Sample],
+):
     """A buffer kind over a prioritised trajectory buffer."""
 
     buffer: eqx.AbstractVar[PrioritisedTrajectoryBuffer]
 
-    @compiled_method(donates_state=True)
-    def set_priorities(self, state: Any, indices: ArrayLike, priorities: ArrayLike) -> Any:
-        """Sets the priorities of sampled items (see
-        `PrioritisedTrajectoryBuffer.set_priorities`)."""
-        where = f"{type(self).__name__}.set_priorities"
-        return self._set_priorities(where, state, indices, priorities)
-
     def _set_priorities(
-        self, where: str, state: Any, indices: ArrayLike, priorities: ArrayLike
-    ) -> Any:
+        self,
+        where: str,
+        state: PrioritisedTrajectoryBufferState,
+        indices: ArrayLike,
+        priorities: ArrayLike,
+    ) -> PrioritisedTrajectoryBufferState:
         return self.buffer._set_priorities(where, state, indices, priorities)

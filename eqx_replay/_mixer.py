@@ -12,8 +12,10 @@ mixture (Flashbax reports `p_i`, which biases the correction between buffers).
 """
 
 import functools as ft
+import math
+import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -22,10 +24,67 @@ from jaxtyping import Array, ArrayLike, Bool
 
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
 from ._checks import check_key, check_priorities, per_buffer, shape_str
-from ._config import mixer_config
+from ._config import positive_int
 from ._guard import poison_sample
 from ._jit import compiled_method
 from ._random import split
+
+
+class MixerConfig(NamedTuple):
+    """A mixer's configuration, validated (see `Mixer`): `counts` are the items drawn from
+    each buffer."""
+
+    buffers: tuple[Any, ...]
+    sample_batch_size: int
+    proportions: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+def mixer_config(*, buffers: object, sample_batch_size: object, proportions: object) -> MixerConfig:
+    """Validates a mixer's configuration.
+
+    **Returns:** the configuration; the items drawn from each buffer come from the
+    normalised proportions rounded down, with what rounding leaves over added to the first
+    buffer's (Flashbax's rule).
+    """
+    if not isinstance(buffers, (list, tuple)) or not buffers:
+        raise TypeError(f"`buffers` must be a non-empty list or tuple of buffers; got {buffers!r}")
+    for i, buffer in enumerate(buffers):
+        if not isinstance(buffer, AbstractReplayBuffer):
+            raise TypeError(
+                f"`buffers[{i}]` is a {type(buffer).__name__}; a mixer samples buffers that "
+                "take a key (a trajectory queue cannot be mixed)"
+            )
+        if type(buffer) is not type(buffers[0]):
+            raise TypeError(
+                f"`buffers` must be of one kind: buffers[0] is a {type(buffers[0]).__name__}, "
+                f"buffers[{i}] a {type(buffer).__name__}"
+            )
+        if buffer.sharding is not None:
+            raise ValueError(
+                f"`buffers[{i}]` is sharded, which a mixer does not support: sample the "
+                "sharded buffers one by one and concatenate the samples"
+            )
+    samples = positive_int("sample_batch_size", sample_batch_size)
+    if not isinstance(proportions, (list, tuple)) or len(proportions) != len(buffers):
+        raise ValueError(
+            f"`proportions` must be a list or tuple of {len(buffers)} numbers, one per "
+            f"buffer; got {proportions!r}"
+        )
+    shares = []
+    for i, share in enumerate(proportions):
+        if isinstance(share, bool) or not isinstance(share, numbers.Real):
+            raise TypeError(f"`proportions[{i}]` must be a number; got {share!r}")
+        if not (math.isfinite(share) and float(share) >= 0):
+            raise ValueError(f"`proportions[{i}]` must be finite and >= 0; got {share}")
+        shares.append(share)
+    total = sum(shares)
+    if total <= 0:
+        raise ValueError(f"`proportions` must not all be zero; got {proportions!r}")
+    # Flashbax's arithmetic, operation for operation, so that the counts agree.
+    counts = [int(share / total * samples) for share in shares]
+    counts[0] += samples - sum(counts)
+    return MixerConfig(tuple(buffers), samples, tuple(float(p) for p in shares), tuple(counts))
 
 
 class Mixer(eqx.Module):
@@ -57,6 +116,11 @@ class Mixer(eqx.Module):
         )
         # `set_priorities` updates the states in place when every buffer does.
         self.donate_state = all(buffer.donate_state for buffer in self.buffers)
+
+    @property
+    def sharding(self) -> None:
+        """A mixer is not sharded (nor are the buffers it mixes)."""
+        return None
 
     def _check_states(self, where: str, states: Any) -> list[Any]:
         if not isinstance(states, (list, tuple)) or len(states) != len(self.buffers):

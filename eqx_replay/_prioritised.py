@@ -1,7 +1,7 @@
 """The prioritised trajectory buffer: windows sampled in proportion to their priority."""
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import equinox as eqx
 import jax.lax as lax
@@ -13,39 +13,19 @@ from jax.sharding import NamedSharding
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
+from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
 from ._base import AbstractPrioritisedBuffer
-from ._checks import (
-    check_batch,
-    check_beta,
-    check_example,
-    check_key,
-    check_priorities,
-    check_state,
-    check_unsplit,
-    per_buffer,
-)
-from ._config import Boundary, donate_flag, episode_config, prioritised_config
-from ._data import AbstractState, Data
-from ._episodes import check_ends, sample_mask, stored_ends
-from ._guard import poison_sample
-from ._jit import compiled_method
-from ._sharding import (
-    global_state,
-    local_rows,
-    row_shards,
-    sharded_empty,
-    sharded_sample,
-    sharded_set_priorities,
-    sharded_totals,
-    sharded_write,
-    Shards,
-)
+from ._checks import check_beta, check_priorities, describe
+from ._config import check_exponent, trajectory_config
+from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
+from ._episodes import Boundary, Episodes
+from ._sharding import sharded_set_priorities, sharded_totals
 from ._sum_tree import priority_leaves, SumTree
 from ._windows import Drawn, Grid, is_valid, item_windows, update_items, window_number
 
 
 @jaxtyped(typechecker=beartype)
-class PrioritisedTrajectoryBufferState(AbstractState):
+class PrioritisedTrajectoryBufferState(AbstractTrajectoryState):
     """What a prioritised trajectory buffer stores.
 
     **Fields:**
@@ -71,12 +51,12 @@ class PrioritisedTrajectoryBufferState(AbstractState):
     entry per device, and `grid` is a device's.
     """
 
-    experience: PyTree[Shaped[Array, "add_batch time ..."]]
-    current_index: Int[Array, ""]
-    is_full: Bool[Array, ""]
-    priorities: SumTree
-    generation: Int[Array, "*shards items"]
-    max_priority: Float[Array, "*shards"]
+    experience: PyTree[Shaped[Array, "add_batch time ..."]] = eqx.field(metadata=ROWS)
+    current_index: Int[Array, ""] = eqx.field(metadata=REPLICATED)
+    is_full: Bool[Array, ""] = eqx.field(metadata=REPLICATED)
+    priorities: SumTree = eqx.field(metadata=PER_DEVICE)
+    generation: Int[Array, "*shards items"] = eqx.field(metadata=PER_DEVICE)
+    max_priority: Float[Array, "*shards"] = eqx.field(metadata=PER_DEVICE)
     grid: Grid = eqx.field(static=True)
     strict: bool = eqx.field(static=True)
 
@@ -87,7 +67,7 @@ class PrioritisedTrajectoryBufferState(AbstractState):
 
 
 @jaxtyped(typechecker=beartype)
-class PrioritisedTrajectoryBufferSample(Data):
+class PrioritisedTrajectoryBufferSample(AbstractMaskedSample):
     """A batch of windows drawn in proportion to priority.
 
     **Fields:**
@@ -106,7 +86,8 @@ class PrioritisedTrajectoryBufferSample(Data):
 
 
 class PrioritisedTrajectoryBuffer(
-    AbstractPrioritisedBuffer[PrioritisedTrajectoryBufferState, PrioritisedTrajectoryBufferSample]
+    AbstractTrajectoryBuffer[PrioritisedTrajectoryBufferState, PrioritisedTrajectoryBufferSample],
+    AbstractPrioritisedBuffer[PrioritisedTrajectoryBufferState, PrioritisedTrajectoryBufferSample],
 ):
     """A trajectory buffer whose windows are sampled in proportion to
     `priority ** priority_exponent`, Flashbax's `PrioritisedTrajectoryBuffer` as an Equinox
@@ -117,6 +98,12 @@ class PrioritisedTrajectoryBuffer(
     as soon as all its steps are stored, and priority zero (it cannot be sampled) while it is
     being overwritten or would cross the write head, so a sample never joins new data to
     old. `add` and `set_priorities` update the state in place (see `TrajectoryBuffer`).
+
+    `sample` is stratified: the `j`-th of its draws falls in the `j`-th of equal slices of
+    the total priority. It returns a `PrioritisedTrajectoryBufferSample`; when `can_sample`
+    is false its windows are poison and its probabilities zero, never NaN. With
+    `boundary="strict"`, a completed window in which an episode ends before its last step
+    gets priority zero and stays invalid: no `set_priorities` revives it.
     """
 
     add_batch_size: int = eqx.field(static=True)
@@ -160,18 +147,8 @@ class PrioritisedTrajectoryBuffer(
 
         The time axis is rounded down to a multiple of `period`, with a warning.
         """
-        (
-            (
-                self.add_batch_size,
-                self.sample_batch_size,
-                self.sample_sequence_length,
-                self.period,
-                self.min_length_time_axis,
-                self.max_length_time_axis,
-            ),
-            self.priority_exponent,
-        ) = prioritised_config(
-            priority_exponent=priority_exponent,
+        episodes = Episodes(episode_end, boundary)
+        config = trajectory_config(
             add_batch_size=add_batch_size,
             sample_batch_size=sample_batch_size,
             sample_sequence_length=sample_sequence_length,
@@ -179,25 +156,11 @@ class PrioritisedTrajectoryBuffer(
             min_length_time_axis=min_length_time_axis,
             max_size=max_size,
             max_length_time_axis=max_length_time_axis,
+            items=True,
+            handles=True,
         )
-        self.donate_state = donate_flag(donate_state)
-        self.episode_end, self.boundary = episode_config(episode_end=episode_end, boundary=boundary)
-        self.sharding = sharding
-        self._shards  # checks `sharding`
-
-    @property
-    def _shards(self) -> Shards | None:
-        return row_shards(self)
-
-    def _local(self) -> "PrioritisedTrajectoryBuffer":
-        """The buffer each device runs on its own rows (see `_sharding`)."""
-        return local_rows(self, priority_exponent=self.priority_exponent)
-
-    @property
-    def _grid(self) -> Grid:
-        return Grid(
-            self.add_batch_size, self.max_length_time_axis, self.sample_sequence_length, self.period
-        )
+        self.priority_exponent = check_exponent(priority_exponent)
+        self._configure(config, episodes, donate_state, sharding)
 
     @property
     def _generations(self) -> int:
@@ -205,24 +168,8 @@ class PrioritisedTrajectoryBuffer(
         # above the item number, in an int32.
         return (2**31 - 1) // self._grid.num_items
 
-    def init(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
-        """Creates an empty state from one example step (see `TrajectoryBuffer.init`)."""
-        return self._init("PrioritisedTrajectoryBuffer.init", experience)
-
-    def _init(self, where: str, experience: PyTree) -> PrioritisedTrajectoryBufferState:
-        check_example(where, experience)
-        check_ends(where, self.episode_end, self.boundary, experience, (), "the example")
-        shards = self._shards
-        if shards is not None:
-            return sharded_empty(shards, self._local(), experience)
-        return self._empty(experience)
-
-    def _global_empty(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
-        """`_empty`, or for a sharded buffer the shapes of the global state."""
-        shards = self._shards
-        if shards is None:
-            return self._empty(experience)
-        return global_state(shards, self._local()._empty(experience))
+    def _state_type(self) -> type[PrioritisedTrajectoryBufferState]:
+        return PrioritisedTrajectoryBufferState
 
     def _empty(self, experience: PyTree) -> PrioritisedTrajectoryBufferState:
         storage, current_index, is_full = _ring.empty(
@@ -237,48 +184,20 @@ class PrioritisedTrajectoryBuffer(
             generation=jnp.zeros(items, jnp.int32),
             max_priority=jnp.array(1.0, jnp.float32),
             grid=self._grid,
-            strict=self.boundary == "strict",
+            strict=self._episodes.strict,
         )
 
-    # `state` is annotated loosely so that a wrong state gets `check_state`'s message, also
-    # under jaxtyping's import hook.
-    def _check_state(self, where: str, state: object) -> None:
-        check_state(
-            where,
-            state,
-            PrioritisedTrajectoryBufferState,
-            (self.add_batch_size, self.max_length_time_axis),
-            self._global_empty,
-            sharded=self.sharding is not None,
-        )
-
-    @compiled_method(donates_state=True)
-    def add(
-        self, state: PrioritisedTrajectoryBufferState, batch: PyTree
-    ) -> PrioritisedTrajectoryBufferState:
-        """Appends a batch of trajectory pieces (see `TrajectoryBuffer.add`). Windows that
-        the write completes get the largest priority set so far and a new generation;
-        windows it overwrites that were valid get priority zero and a new generation. With
-        `boundary="strict"`, a completed window in which an episode ends before its last
-        step gets priority zero and stays invalid: no `set_priorities` revives it."""
-        where = "PrioritisedTrajectoryBuffer.add"
-        self._check_state(where, state)
-        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
-        leading = (self.add_batch_size, steps)
-        check_ends(where, self.episode_end, self.boundary, batch, leading, "the batch")
-        return self._write(where, state, batch)
-
-    def _write(
+    def _append(
         self,
         where: str,
         state: PrioritisedTrajectoryBufferState,
         batch: PyTree[Shaped[Array, "..."]],
     ) -> PrioritisedTrajectoryBufferState:
-        """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
-        shards = self._shards
-        if shards is not None:
-            return sharded_write(shards, self._local(), where, state, batch)
-        check_unsplit(where, "the batch's", batch)
+        """Windows that the write completes get the largest priority set so far and a new
+        generation; windows it overwrites that were valid get priority zero and a new
+        generation. With `boundary="strict"`, a completed window in which an episode ends
+        before its last step gets priority zero and stays invalid: no `set_priorities`
+        revives it."""
         experience, current_index, is_full = _ring.append(
             state.experience, batch, state.current_index, state.is_full
         )
@@ -291,7 +210,7 @@ class PrioritisedTrajectoryBuffer(
             steps=jtu.tree_leaves(batch)[0].shape[1],
             new_index=current_index,
             new_is_full=is_full,
-            ends=stored_ends(where, self.episode_end, self.boundary, experience),
+            ends=self._episodes.stored(where, experience),
         )
         assert generation is not None
         return PrioritisedTrajectoryBufferState(
@@ -305,48 +224,37 @@ class PrioritisedTrajectoryBuffer(
             state.strict,
         )
 
-    @compiled_method()
-    def can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, "*batch"]:
-        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
-        some window has a positive priority."""
-        return per_buffer(
-            "PrioritisedTrajectoryBuffer.can_sample", state, self._check_state, self._can_sample
-        )
-
-    def _can_sample(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
-        enough = state.is_full | (state.current_index >= self.min_length_time_axis)
+    def _has_windows(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
         shards = self._shards
         if shards is not None:
             # Every device must be able to draw its share: one boolean per device, reduced.
-            return enough & jnp.all(sharded_totals(shards, state) > 0)
-        return enough & (state.priorities.total() > 0)
+            return jnp.all(sharded_totals(shards, state) > 0)
+        return state.priorities.total() > 0
 
-    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
-    @compiled_method()
-    def sample(
-        self, state: PrioritisedTrajectoryBufferState, rng_key: ArrayLike
+    def _pick(
+        self, state: PrioritisedTrajectoryBufferState, key: PRNGKeyArray, count: int
+    ) -> Drawn:
+        """Windows drawn in proportion to their priority (stratified: the `j`-th draw falls
+        in the `j`-th of equal slices of the total priority), with their handles and
+        probabilities (zero when the buffer cannot be sampled)."""
+        grid = self._grid
+        items, probabilities = state.priorities.sample(key, count)
+        rows, starts = item_windows(items, grid)
+        items = jnp.minimum(items, grid.num_items - 1)  # only when the total is zero
+        ok = self._can_sample(state)
+        number = window_number(state.generation[items]) % self._generations
+        indices = number * grid.num_items + items
+        return Drawn(rows, starts, ok, indices, jnp.where(ok, probabilities, 0.0))
+
+    def _sample(
+        self, drawn: Drawn, windows: PyTree[Array], mask: Bool[Array, "samples length"] | None
     ) -> PrioritisedTrajectoryBufferSample:
-        """Draws `sample_batch_size` windows in proportion to their priority (stratified:
-        the `j`-th draw falls in the `j`-th of equal slices of the total priority).
+        assert drawn.indices is not None and drawn.probabilities is not None
+        return PrioritisedTrajectoryBufferSample(
+            experience=windows, indices=drawn.indices, probabilities=drawn.probabilities, mask=mask
+        )
 
-        When `can_sample` is false the windows are poison (see `TrajectoryBuffer.sample`)
-        and the probabilities zero, never NaN. With `boundary="mask"` the sample carries
-        a `mask` (see `TrajectoryBufferSample`).
-
-        **Returns:** a `PrioritisedTrajectoryBufferSample`.
-        """
-        where = "PrioritisedTrajectoryBuffer.sample"
-        shards = self._shards
-        if shards is not None:
-            self._check_state(where, state)
-            check_key(where, rng_key)
-            local_buffer = self._local()
-            return sharded_sample(
-                shards, local_buffer, where, state, rng_key, self._sharded_handles
-            )
-        return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
-
-    def _sharded_handles(self, state: PrioritisedTrajectoryBufferState, sample: Any) -> Any:
+    def _sharded_sample(self, state: PrioritisedTrajectoryBufferState, sample: Any) -> Any:
         """Inside a sharded `sample`, on one device: the local sample's handles made global
         (they name the device, see `_handle_parts`) and its probabilities made the whole
         sample's (each device draws `1 / n` of it)."""
@@ -359,66 +267,6 @@ class PrioritisedTrajectoryBuffer(
         indices = number * self._grid.num_items + device * items_total + items
         probabilities = sample.probabilities / shards.count
         return eqx.tree_at(lambda s: (s.indices, s.probabilities), sample, (indices, probabilities))
-
-    def _draw(
-        self, where: str, state: PrioritisedTrajectoryBufferState, key: ArrayLike, count: int
-    ) -> tuple[Bool[Array, ""], PrioritisedTrajectoryBufferSample]:
-        """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
-        drawn = self._choose(where, state, key, count)
-        length = self.sample_sequence_length
-        windows = _ring.read(state.experience, drawn.rows, drawn.starts, length)
-        mask = sample_mask(where, self.episode_end, self.boundary, windows, count, length)
-        assert drawn.indices is not None and drawn.probabilities is not None
-        return drawn.ok, PrioritisedTrajectoryBufferSample(
-            windows, drawn.indices, drawn.probabilities, mask
-        )
-
-    def _choose(
-        self, where: str, state: PrioritisedTrajectoryBufferState, key: ArrayLike, count: int
-    ) -> Drawn:
-        """Where `count` windows drawn for `sample` are, with their handles and
-        probabilities (zero when the buffer cannot be sampled)."""
-        self._check_state(where, state)
-        check_key(where, key)
-        key = cast(PRNGKeyArray, key)  # checked by `check_key` above
-        grid = self._grid
-        items, probabilities = state.priorities.sample(key, count)
-        rows, starts = item_windows(items, grid)
-        items = jnp.minimum(items, grid.num_items - 1)  # only when the total is zero
-        ok = self._can_sample(state)
-        number = window_number(state.generation[items]) % self._generations
-        indices = number * grid.num_items + items
-        return Drawn(rows, starts, ok, indices, jnp.where(ok, probabilities, 0.0))
-
-    @compiled_method(donates_state=True)
-    def set_priorities(
-        self, state: PrioritisedTrajectoryBufferState, indices: ArrayLike, priorities: ArrayLike
-    ) -> PrioritisedTrajectoryBufferState:
-        """Sets the priorities of sampled windows to `priorities ** priority_exponent`.
-
-        **Arguments:**
-
-        - `state`: the current state; donated, as in `add`.
-        - `indices`: `sample.indices` (or a subset of them), integers of shape `(k,)`. A
-            sharded buffer needs all of the sample's indices, in the sample's order: the
-            `j`-th of its `n` equal parts goes to device `j`, and a handle that reaches a
-            device other than the one that drew it is ignored, so a shuffled, cut or
-            concatenated sample loses updates (see "Scaling out" in the README and the docs).
-        - `priorities`: non-negative floats of shape `(k,)`, e.g. absolute TD errors.
-
-        An update is ignored, and the window keeps its priority, when the window has been
-        overwritten or invalidated since it was sampled (its generation changed), when the
-        index is out of range, or when the priority is negative or NaN. When an index
-        appears more than once, the last update wins; empty `indices` change nothing.
-
-        A positive priority's `priority ** priority_exponent` is stored inside
-        `[smallest normal float32, float32 max / (2 * windows)]`, so that the total stays
-        finite and the window sampleable whatever the priorities and the exponent; +inf is
-        stored as the largest. Priorities are float32: JAX turns a float64 beyond float32's
-        range into +inf, and one below 1.4e-45 into 0.
-        """
-        where = "PrioritisedTrajectoryBuffer.set_priorities"
-        return self._set_priorities(where, state, indices, priorities)
 
     def _set_priorities(
         self,
@@ -547,10 +395,9 @@ def importance_weights(
     dtype = getattr(probabilities, "dtype", None)
     shape = tuple(getattr(probabilities, "shape", ()))
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or len(shape) != 1:
-        got = f"{dtype}{list(shape)}" if dtype is not None else type(probabilities).__name__
         raise TypeError(
             f"`{where}`: `probabilities` must be a 1-d float array, `sample.probabilities`; "
-            f"got {got}"
+            f"got {describe(probabilities)}"
         )
     check_beta(where, beta)
     p = jnp.asarray(probabilities)

@@ -11,6 +11,8 @@ compiled call runs comes after the state was donated to it, so the queue's data 
 lost with it, and the check would make every `add` pay for a host callback.
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -22,10 +24,10 @@ from . import _ring
 from ._base import AbstractBuffer
 from ._checks import check_batch, check_example, check_state, check_unsplit, per_buffer
 from ._config import donate_flag, queue_config
-from ._data import AbstractState, Data
+from ._data import AbstractState, Data, REPLICATED, ROWS
 from ._guard import poison_unless
 from ._jit import compiled_method
-from ._sharding import local, shard_config, sharded_empty, sharded_read, sharded_write, Shards
+from ._sharding import quietly, shard_config, sharded_empty, sharded_read, sharded_write, Shards
 
 
 @jaxtyped(typechecker=beartype)
@@ -43,11 +45,16 @@ class TrajectoryQueueState(AbstractState):
       other four fields.
     """
 
-    experience: PyTree[Shaped[Array, "add_batch time ..."]]
-    write_index: Int[Array, ""]
-    read_index: Int[Array, ""]
-    is_full: Bool[Array, ""]
-    refused_adds: Int[Array, ""]
+    experience: PyTree[Shaped[Array, "add_batch time ..."]] = eqx.field(metadata=ROWS)
+    write_index: Int[Array, ""] = eqx.field(metadata=REPLICATED)
+    read_index: Int[Array, ""] = eqx.field(metadata=REPLICATED)
+    is_full: Bool[Array, ""] = eqx.field(metadata=REPLICATED)
+    refused_adds: Int[Array, ""] = eqx.field(metadata=REPLICATED)
+
+    @property
+    def write_head(self) -> Int[Array, ""]:
+        """`write_index`."""
+        return self.write_index
 
 
 @jaxtyped(typechecker=beartype)
@@ -125,15 +132,8 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         """The queue each device runs on its own rows (see `_sharding`)."""
         shards = self._shards
         assert shards is not None
-        return local(
-            lambda: TrajectoryQueue(
-                max_length_time_axis=self.max_length_time_axis,
-                add_batch_size=self.add_batch_size // shards.count,
-                add_sequence_length=self.add_sequence_length,
-                sample_sequence_length=self.sample_sequence_length,
-                donate_state=self.donate_state,
-            )
-        )
+        rows = self.add_batch_size // shards.count
+        return quietly(lambda: dataclasses.replace(self, add_batch_size=rows, sharding=None))
 
     def init(self, experience: PyTree) -> TrajectoryQueueState:
         """An empty queue for steps shaped like `experience`: zeros

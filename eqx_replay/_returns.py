@@ -32,15 +32,7 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree, Shaped
 
-from ._checks import shape_str
-
-
-def _got(x: Any) -> str:
-    """`x` as an error message shows it: `float32[4, 8]`, or its type."""
-    dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
-    if dtype is None or shape is None:
-        return type(x).__name__
-    return f"{dtype}{list(shape)}"
+from ._checks import describe as _got, shape_str
 
 
 def _check_windows(where: str, rewards: Any, discounts: Any, values: Any, mask: Any) -> None:

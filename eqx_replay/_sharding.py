@@ -21,7 +21,7 @@ processes, each holding the rows of its own devices.
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.lax as lax
@@ -30,7 +30,11 @@ import jax.tree_util as jtu
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
+from ._data import AbstractState, field_roles, Role
 from ._random import fold_in
+
+
+_T = TypeVar("_T")
 
 
 class Shards(NamedTuple):
@@ -92,111 +96,61 @@ def shard_config(where: str, sharding: object, **sizes: int | None) -> Shards | 
     return Shards(sharding, axis, count)  # pyright: ignore[reportArgumentType] # checked
 
 
-def local(make: Callable[[], Any]) -> Any:
-    """The local buffer built by `make`, without repeating the warnings its configuration
-    already gave when the sharded buffer was made."""
+def quietly(make: Callable[[], _T]) -> _T:
+    """`make()`, a local buffer, without repeating the warnings its configuration already
+    gave when the sharded buffer was made."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return make()
 
 
-def row_shards(buffer: Any) -> Shards | None:
-    """A trajectory buffer's (uniform or prioritised) `Shards`, its `sharding` checked."""
-    return shard_config(
-        type(buffer).__name__,
-        buffer.sharding,
-        add_batch_size=buffer.add_batch_size,
-        sample_batch_size=buffer.sample_batch_size,
-    )
+def _roles(state: AbstractState) -> list[Role]:
+    """The role of each leaf of a state, declared by its field (`_data.ROWS`,
+    `REPLICATED`, `PER_DEVICE`): the experience's leaves are split along their first axis as
+    the rows are; replicated leaves are the same on every device; per-device ones (a
+    prioritised buffer's sum tree, generations and largest priority) are stacked along a
+    leading axis of size `n`."""
+    roles, leaf_roles = field_roles(state), []
+    for path, _ in jtu.tree_flatten_with_path(state)[0]:
+        field = path[0]  # every leaf of a state is under one of its fields
+        assert isinstance(field, jtu.GetAttrKey)
+        leaf_roles.append(roles[field.name])
+    return leaf_roles
 
 
-def local_rows(buffer: Any, **extra: Any) -> Any:
-    """A sharded trajectory buffer's local buffer: its kind and configuration with
-    `add_batch_size / n` rows and `sample_batch_size / n` draws, unsharded; `extra` are the
-    kind's own arguments."""
-    shards = row_shards(buffer)
-    assert shards is not None
-    n = shards.count
-    return local(
-        lambda: type(buffer)(
-            add_batch_size=buffer.add_batch_size // n,
-            sample_batch_size=buffer.sample_batch_size // n,
-            sample_sequence_length=buffer.sample_sequence_length,
-            period=buffer.period,
-            min_length_time_axis=buffer.min_length_time_axis,
-            max_length_time_axis=buffer.max_length_time_axis,
-            donate_state=buffer.donate_state,
-            episode_end=buffer.episode_end,
-            boundary=buffer.boundary,
-            **extra,
-        )
-    )
+def _by_role(state: AbstractState, fn: Callable[[Role, Any], Any]) -> Any:
+    """`fn(role, leaf)` on every leaf of `state`."""
+    leaves, structure = jtu.tree_flatten(state)
+    return jtu.tree_unflatten(structure, [fn(r, x) for r, x in zip(_roles(state), leaves)])
 
 
-def local_flat(buffer: Any, **extra: Any) -> Any:
-    """A sharded flat buffer's local buffer (see `local_rows`)."""
-    shards = buffer.buffer._shards
-    assert shards is not None and buffer.add_batch_size is not None
-    n = shards.count
-    return local(
-        lambda: type(buffer)(
-            max_length=buffer.max_length // n,
-            min_length=buffer.min_length // n,
-            sample_batch_size=buffer.sample_batch_size // n,
-            add_sequences=buffer.add_sequences,
-            add_batch_size=buffer.add_batch_size // n,
-            donate_state=buffer.donate_state,
-            **extra,
-        )
-    )
+def state_specs(shards: Shards, state: Any) -> Any:
+    """The spec of each leaf of a (global) state: see `_roles`."""
+    split = PartitionSpec(shards.axis)
+    return _by_role(state, lambda role, _: PartitionSpec() if role == "replicated" else split)
 
 
-# State fields that are the same on every device (all rows advance together).
-_REPLICATED = frozenset({"current_index", "is_full", "write_index", "read_index", "refused_adds"})
-
-
-def _role(path: tuple[Any, ...]) -> str:
-    """What a state leaf is, from its field: "rows" (the experience, split along its first
-    axis), "replicated", or "device": one per device (a prioritised buffer's sum tree,
-    generations and largest priority), stacked along a leading axis of size `n`."""
-    name = path[0].name if path and isinstance(path[0], jtu.GetAttrKey) else None
-    if name == "experience":
-        return "rows"
-    return "replicated" if name in _REPLICATED else "device"
-
-
-def state_specs(shards: Shards, state: PyTree) -> PyTree[PartitionSpec]:
-    """The spec of each leaf of a (global) state: see `_role`."""
-    leaves, structure = jtu.tree_flatten_with_path(state)
-    specs = [
-        PartitionSpec() if _role(path) == "replicated" else PartitionSpec(shards.axis)
-        for path, _ in leaves
-    ]
-    return jtu.tree_unflatten(structure, specs)
-
-
-def to_local(state: PyTree) -> PyTree:
+def to_local(state: Any) -> Any:
     """Inside `run`: a device's part of a state as its local buffer's state (the leading
     axis of its per-device leaves dropped)."""
-    return jtu.tree_map_with_path(lambda p, x: x[0] if _role(p) == "device" else x, state)
+    return _by_role(state, lambda role, x: x[0] if role == "per_device" else x)
 
 
-def to_global(state: PyTree) -> PyTree:
+def to_global(state: Any) -> Any:
     """Inside `run`: a local state as this device's part of the global state."""
-    return jtu.tree_map_with_path(lambda p, x: x[None] if _role(p) == "device" else x, state)
+    return _by_role(state, lambda role, x: x[None] if role == "per_device" else x)
 
 
-def global_state(shards: Shards, state: PyTree) -> PyTree:
+def global_state(shards: Shards, state: Any) -> Any:
     """The global state whose every device part is the local `state` (for shapes)."""
     n = shards.count
 
-    def widen(path: tuple[Any, ...], x: Any) -> Any:
-        role = _role(path)
+    def widen(role: Role, x: Any) -> Any:
         if role == "rows":
             return jnp.concatenate([x] * n)
-        return jnp.broadcast_to(x, (n, *x.shape)) if role == "device" else x
+        return jnp.broadcast_to(x, (n, *x.shape)) if role == "per_device" else x
 
-    return jtu.tree_map_with_path(widen, state)
+    return _by_role(state, widen)
 
 
 def placed(shards: Shards, state: PyTree) -> PyTree:
@@ -282,11 +236,11 @@ def sharded_sample(
     where: str,
     state: Any,
     key: Any,
-    finish: Callable[[Any, Any], Any] | None = None,
+    finish: Callable[[Any, Any], Any],
 ) -> Any:
     """Inside `sample` (after its checks): each device draws `sample_batch_size / n` items
     from its rows with its own key, poisoned unless it can be sampled, then `finish(local
-    state, sample)` if given; the sample is the devices' samples in device order."""
+    state, sample)`; the sample is the devices' samples in device order."""
     from ._guard import poison_sample
 
     specs = state_specs(shards, state)
@@ -295,7 +249,7 @@ def sharded_sample(
         state = to_local(state)
         count = local_buffer.sample_batch_size
         sample = poison_sample(*local_buffer._draw(where, state, device_key(shards, key), count))
-        return sample if finish is None else finish(state, sample)
+        return finish(state, sample)
 
     return run(
         shards,

@@ -53,6 +53,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("eqx_replay.vault needs tensorstore: pip install 'eqx_replay[io]'") from error
 
+from ._data import AbstractState
 from ._queue import TrajectoryQueueState
 from ._trajectory import TrajectoryBufferState
 
@@ -515,21 +516,18 @@ class Vault:
         trajectory queue, whose `is_full` means that every step is unread, so that its state
         cannot show whether the ring wrapped."""
         leaves = self._experience(where, state)
-        if isinstance(state, TrajectoryQueueState):
-            return leaves, int(state.write_index), None
-        return leaves, int(state.current_index), bool(state.is_full)
+        full = None if isinstance(state, TrajectoryQueueState) else bool(state.is_full)
+        return leaves, int(state.write_head), full
 
     def _experience(self, where: str, state: Any) -> list[Any]:
         """The leaves of a state's experience, checked against the vault's."""
-        experience = getattr(state, "experience", None)
-        index = getattr(state, "current_index", getattr(state, "write_index", None))
-        full = getattr(state, "is_full", None)
-        if experience is None or index is None or full is None:
+        if not isinstance(state, AbstractState):
             raise _error(
                 where,
                 "expected a buffer state (with `experience`, `current_index` and `is_full`); "
                 f"got {type(state).__name__}",
             )
+        experience = state.experience
         if jtu.tree_structure(experience) != self._structure:
             raise _error(
                 where,

@@ -17,7 +17,7 @@ import scipy.stats
 from hypothesis import given, settings
 
 import eqx_replay
-from eqx_replay._config import episode_config
+from eqx_replay._episodes import Episodes
 
 from .helpers import quiet, to_numpy, tree_allclose
 from .reference import PrioritisedReference, TrajectoryReference, window_mask
@@ -262,12 +262,13 @@ def test_config_errors_name_the_argument(kind, overrides, error, parameter, mess
             assert isinstance(info.value, error) and message in str(info.value)
     # Without the hook the buffer's own check answers: its exact message.
     with pytest.raises(error, match=re.escape(message)):
-        episode_config(**{"episode_end": None, "boundary": "ignore", **overrides})
+        Episodes(**{"episode_end": None, "boundary": "ignore", **overrides})
 
 
 def test_episode_end_with_ignore_is_allowed():
-    assert episode_config(episode_end=done, boundary="ignore") == (done, "ignore")
-    assert episode_config(episode_end=None, boundary="ignore") == (None, "ignore")
+    for end in (done, None):
+        episodes = Episodes(episode_end=end, boundary="ignore")
+        assert (episodes.episode_end, episodes.boundary) == (end, "ignore")
     buffer = make("trajectory", episode_end=done)
     assert buffer.episode_end is done and buffer.boundary == "ignore"
     assert dataclasses.replace(buffer, boundary="mask").boundary == "mask"

@@ -182,6 +182,10 @@ with pytest.raises(jaxtyping.TypeCheckError, match="current_index"):
     )
 
 class Toy(eqx.Module):
+    # What a compiled method reads of its module (`_jit._Buffer`).
+    donate_state: bool = False
+    sharding: None = None
+
     @compiled_method()
     def double(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
         return 2 * x

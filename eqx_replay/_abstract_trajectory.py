@@ -1,0 +1,287 @@
+"""The skeleton of the trajectory buffers: what the uniform and the prioritised kinds share,
+implemented once.
+
+In the style of Optimistix's `AbstractQuasiNewton`: `AbstractTrajectoryBuffer` implements
+`init`, `add`, `can_sample`, `sample`, their checks and the sharding plumbing, and each
+final kind supplies only its fields and these hooks:
+
+- `_state_type()`, `_empty(experience)`: the kind's state, and an empty one on one device;
+- `_append(where, state, batch)`: an add on one device (the ring, and the kind's
+  bookkeeping of its windows);
+- `_has_windows(state)`: whether some window can be drawn, beyond the steps stored;
+- `_pick(state, key, count)`: where `count` drawn windows are (`_windows.Drawn`);
+- `_sample(drawn, windows, mask)`: the kind's sample of the windows read;
+- `_sharded_sample(state, sample)`: a device's sample made the whole sample's, when sharded.
+"""
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, cast, TypeVar
+
+import equinox as eqx
+from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
+
+from . import _ring
+from ._base import AbstractReplayBuffer
+from ._checks import check_batch, check_example, check_key, check_state, check_unsplit, per_buffer
+from ._config import donate_flag, TrajectoryConfig
+from ._data import AbstractState
+from ._episodes import Boundary, Episodes
+from ._guard import poison_sample
+from ._jit import compiled_method
+from ._sharding import (
+    global_state,
+    quietly,
+    shard_config,
+    sharded_empty,
+    sharded_sample,
+    sharded_write,
+    Shards,
+)
+from ._windows import Drawn, Grid
+
+
+class AbstractTrajectoryState(AbstractState):
+    """The state of a trajectory buffer: `experience` stored `(add_batch, time, ...)`, the
+    write head `current_index` and `is_full` (see `TrajectoryBufferState`)."""
+
+    current_index: eqx.AbstractVar[Int[Array, ""]]
+
+    @property
+    def write_head(self) -> Int[Array, ""]:
+        """`current_index`."""
+        return self.current_index
+
+
+_State = TypeVar("_State", bound=AbstractTrajectoryState)
+_Sample = TypeVar("_Sample")
+_Kind = TypeVar("_Kind", bound="AbstractTrajectoryBuffer")
+
+
+class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
+    """A buffer of trajectories: `add_batch_size` rows, each a stream of consecutive steps
+    on a ring of `max_length_time_axis` steps, sampled as windows of
+    `sample_sequence_length` steps whose starts lie on a `period` grid (see
+    `TrajectoryBuffer` and `PrioritisedTrajectoryBuffer`, the final kinds)."""
+
+    add_batch_size: eqx.AbstractVar[int]
+    sample_sequence_length: eqx.AbstractVar[int]
+    period: eqx.AbstractVar[int]
+    min_length_time_axis: eqx.AbstractVar[int]
+    max_length_time_axis: eqx.AbstractVar[int]
+    episode_end: eqx.AbstractVar[Callable[[PyTree], Any] | None]
+    boundary: eqx.AbstractVar[Boundary]
+
+    # -- hooks --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _state_type(self) -> type[_State]:
+        """The type of this buffer's states."""
+
+    @abc.abstractmethod
+    def _empty(self, experience: PyTree) -> _State:
+        """An empty state on one device, unsharded (`init` without its checks)."""
+
+    @abc.abstractmethod
+    def _append(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
+        """An add on one device, after its checks: `batch` is `(rows, t, ...)`."""
+
+    @abc.abstractmethod
+    def _has_windows(self, state: _State) -> Bool[Array, ""]:
+        """Whether some window can be drawn (the steps stored are counted apart)."""
+
+    @abc.abstractmethod
+    def _pick(self, state: _State, key: PRNGKeyArray, count: int) -> Drawn:
+        """Where `count` windows drawn for `sample` are (`ok` included)."""
+
+    @abc.abstractmethod
+    def _sample(
+        self, drawn: Drawn, windows: PyTree[Array], mask: Bool[Array, "samples length"] | None
+    ) -> _Sample:
+        """The kind's sample of the `windows` read where `drawn` says, not yet poisoned."""
+
+    @abc.abstractmethod
+    def _sharded_sample(self, state: _State, sample: Any) -> Any:
+        """Inside a sharded `sample`, on one device: its local sample as its part of the
+        whole sample."""
+
+    # -- shared machinery ---------------------------------------------------------------
+
+    def _configure(
+        self, config: TrajectoryConfig, episodes: Episodes, donate_state: object, sharding: object
+    ) -> None:
+        """Sets the fields every kind has, from its validated arguments (called by the
+        kinds' `__init__`), and checks `sharding` against the sizes that split over it."""
+        (
+            self.add_batch_size,
+            self.sample_batch_size,
+            self.sample_sequence_length,
+            self.period,
+            self.min_length_time_axis,
+            self.max_length_time_axis,
+        ) = config
+        self.donate_state = donate_flag(donate_state)
+        self.episode_end, self.boundary = episodes.episode_end, episodes.boundary
+        self.sharding = sharding  # pyright: ignore[reportAttributeAccessIssue] # checked below
+        self._shards
+
+    @property
+    def _episodes(self) -> Episodes:
+        return Episodes(self.episode_end, self.boundary)
+
+    @property
+    def _grid(self) -> Grid:
+        return Grid(
+            self.add_batch_size, self.max_length_time_axis, self.sample_sequence_length, self.period
+        )
+
+    @property
+    def _shards(self) -> Shards | None:
+        """How the rows are split over devices (the `sharding` checked), or None."""
+        return shard_config(
+            type(self).__name__,
+            self.sharding,
+            add_batch_size=self.add_batch_size,
+            sample_batch_size=self.sample_batch_size,
+        )
+
+    def _local(self: _Kind) -> _Kind:
+        """The buffer each device runs on its own rows when sharded: this kind and
+        configuration with `1 / n` of the rows and of the draws, unsharded."""
+        shards = self._shards
+        assert shards is not None
+        return quietly(
+            lambda: dataclasses.replace(
+                self,
+                add_batch_size=self.add_batch_size // shards.count,
+                sample_batch_size=self.sample_batch_size // shards.count,
+                sharding=None,
+            )
+        )
+
+    def init(self, experience: PyTree) -> _State:
+        """Creates an empty state.
+
+        **Arguments:**
+
+        - `experience`: one step of experience, e.g. `{"obs": obs, "reward": reward}`; only
+            the structure, shapes and dtypes of its leaves are used.
+
+        **Returns:** a state whose experience leaves are zeros of shape
+        `(add_batch_size, max_length_time_axis, *leaf.shape)` and the leaf's dtype.
+        """
+        return self._init(f"{type(self).__name__}.init", experience)
+
+    def _init(self, where: str, experience: PyTree) -> _State:
+        check_example(where, experience)
+        self._episodes.check(where, experience, (), "the example")
+        shards = self._shards
+        if shards is not None:
+            return sharded_empty(shards, self._local(), experience)
+        return self._empty(experience)
+
+    def _global_empty(self, experience: PyTree) -> _State:
+        """`_empty`, or for a sharded buffer the shapes of the whole state."""
+        shards = self._shards
+        if shards is None:
+            return self._empty(experience)
+        return global_state(shards, self._local()._empty(experience))
+
+    # `state` is annotated loosely so that a wrong state gets `check_state`'s message, also
+    # under jaxtyping's import hook.
+    def _check_state(self, where: str, state: object) -> None:
+        check_state(
+            where,
+            state,
+            self._state_type(),
+            (self.add_batch_size, self.max_length_time_axis),
+            self._global_empty,
+            sharded=self.sharding is not None,
+        )
+
+    @compiled_method(donates_state=True)
+    def add(self, state: _State, batch: PyTree) -> _State:
+        """Appends a batch of trajectory pieces, continuing each row where the last add
+        stopped.
+
+        **Arguments:**
+
+        - `state`: the current state; its buffers are donated unless the buffer was made
+            with `donate_state=False`.
+        - `batch`: the example's pytree with leaves `(add_batch, t, ...)`,
+            `1 <= t <= max_length_time_axis`, in the example's dtypes. It is not consumed.
+
+        **Returns:** the new state.
+        """
+        where = f"{type(self).__name__}.add"
+        self._check_state(where, state)
+        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        self._episodes.check(where, batch, (self.add_batch_size, steps), "the batch")
+        return self._write(where, state, batch)
+
+    def _write(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
+        """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
+        shards = self._shards
+        if shards is not None:
+            return sharded_write(shards, self._local(), where, state, batch)
+        check_unsplit(where, "the batch's", batch)
+        return self._append(where, state, batch)
+
+    @compiled_method()
+    def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
+        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
+        some window can be drawn: with `boundary="strict"`, one inside an episode; in a
+        prioritised buffer, one with a positive priority."""
+        where = f"{type(self).__name__}.can_sample"
+        return per_buffer(where, state, self._check_state, self._can_sample)
+
+    def _can_sample(self, state: _State) -> Bool[Array, ""]:
+        enough = state.is_full | (state.current_index >= self.min_length_time_axis)
+        return enough & self._has_windows(state)
+
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message, also
+    # under jaxtyping's import hook.
+    @compiled_method()
+    def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
+        """Draws `sample_batch_size` windows, with replacement (see the kind for how).
+
+        A window never runs past the newest stored step. Sampling a state for which
+        `can_sample` is false returns poison instead of zeros: NaN, the largest integer, or
+        True, in every element (see "Sampling semantics" in the README and the docs).
+
+        **Arguments:**
+
+        - `state`: the current state; it is not consumed.
+        - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
+
+        **Returns:** the kind's sample, with leaves
+        `(sample_batch_size, sample_sequence_length, ...)`, and with `boundary="mask"` its
+        `mask`, `(sample_batch_size, sample_sequence_length)`.
+        """
+        where = f"{type(self).__name__}.sample"
+        shards = self._shards
+        if shards is not None:
+            self._check_state(where, state)
+            check_key(where, rng_key)
+            return sharded_sample(
+                shards, self._local(), where, state, rng_key, self._sharded_sample
+            )
+        return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
+
+    def _draw(
+        self, where: str, state: _State, key: ArrayLike, count: int
+    ) -> tuple[Bool[Array, ""], _Sample]:
+        """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
+        drawn = self._choose(where, state, key, count)
+        windows = _ring.read(
+            state.experience, drawn.rows, drawn.starts, self.sample_sequence_length
+        )
+        return drawn.ok, self._sample(drawn, windows, self._episodes.mask(where, windows))
+
+    def _choose(self, where: str, state: _State, key: ArrayLike, count: int) -> Drawn:
+        """Where `count` windows drawn for `sample` are, the state and key checked (the
+        flat and item buffers read them their own way)."""
+        self._check_state(where, state)
+        check_key(where, key)
+        return self._pick(state, cast(PRNGKeyArray, key), count)
