@@ -1,7 +1,8 @@
 """Experience replay for JAX reinforcement learning, built the Equinox way."""
 
-import importlib.metadata
+from importlib.metadata import version as _version
 
+from . import returns as returns
 from ._base import (
     AbstractBuffer as AbstractBuffer,
     AbstractPrioritisedBuffer as AbstractPrioritisedBuffer,
@@ -54,4 +55,46 @@ from ._trajectory import (
 )
 
 
-__version__ = importlib.metadata.version("eqx_replay")
+__version__ = _version("eqx_replay")
+
+__all__ = [
+    "AbstractBuffer",
+    "AbstractPrioritisedBuffer",
+    "AbstractReplayBuffer",
+    "burn_in_split",
+    "ExperiencePair",
+    "FlatBuffer",
+    "importance_weights",
+    "ItemBuffer",
+    "ItemBufferSample",
+    "lambda_returns",
+    "load_state",
+    "make_flat_buffer",
+    "make_item_buffer",
+    "make_mixer",
+    "make_prioritised_flat_buffer",
+    "make_prioritised_item_buffer",
+    "make_prioritised_trajectory_buffer",
+    "make_trajectory_buffer",
+    "make_trajectory_queue",
+    "Mixer",
+    "n_step_returns",
+    "PrioritisedFlatBuffer",
+    "PrioritisedItemBuffer",
+    "PrioritisedItemBufferSample",
+    "PrioritisedTrajectoryBuffer",
+    "PrioritisedTrajectoryBufferSample",
+    "PrioritisedTrajectoryBufferState",
+    "PrioritisedTransitionSample",
+    "returns",
+    "save_state",
+    "StrictTrajectoryBufferState",
+    "SumTree",
+    "TrajectoryBuffer",
+    "TrajectoryBufferSample",
+    "TrajectoryBufferState",
+    "TrajectoryQueue",
+    "TrajectoryQueueSample",
+    "TrajectoryQueueState",
+    "TransitionSample",
+]
