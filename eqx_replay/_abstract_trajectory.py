@@ -6,8 +6,8 @@ In the style of Optimistix's `AbstractQuasiNewton`: `AbstractTrajectoryBuffer` i
 final kind supplies only its fields and these hooks:
 
 - `_state_type()`, `_empty(experience)`: the kind's state, and an empty one on one device;
-- `_append(where, state, batch)`: an add on one device (the ring, and the kind's
-  bookkeeping of its windows);
+- `_written(state, experience, write)`: the state after the ring was written (the kind's
+  bookkeeping of the windows the write changed);
 - `_has_windows(state)`: whether some window can be drawn, beyond the steps stored;
 - `_pick(state, key, count)`: where `count` drawn windows are (`_windows.Drawn`);
 - `_sample(drawn, windows, mask)`: the kind's sample of the windows read;
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast, TypeVar
 
 import equinox as eqx
+import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
@@ -39,7 +40,7 @@ from ._sharding import (
     sharded_write,
     Shards,
 )
-from ._windows import Drawn, Grid
+from ._windows import Drawn, Grid, Write
 
 
 class AbstractTrajectoryState(AbstractState):
@@ -84,12 +85,14 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         """An empty state on one device, unsharded (`init` without its checks)."""
 
     @abc.abstractmethod
-    def _append(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
-        """An add on one device, after its checks: `batch` is `(rows, t, ...)`."""
+    def _written(self, state: _State, experience: PyTree[Array], write: Write) -> _State:
+        """The state after `write` left the ring's steps as `experience`: the kind's
+        bookkeeping of the windows that the write changed."""
 
     @abc.abstractmethod
-    def _has_windows(self, state: _State) -> Bool[Array, ""]:
-        """Whether some window can be drawn (the steps stored are counted apart)."""
+    def _has_windows(self, state: _State) -> Bool[Array, ""] | None:
+        """Whether some window can be drawn (the steps stored are counted apart); None when
+        every window of the stored steps can."""
 
     @abc.abstractmethod
     def _pick(self, state: _State, key: PRNGKeyArray, count: int) -> Drawn:
@@ -228,6 +231,16 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         check_unsplit(where, "the batch's", batch)
         return self._append(where, state, batch)
 
+    def _append(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
+        """An add on one device, after its checks: `batch` is `(rows, t, ...)`."""
+        experience, current_index, is_full = _ring.append(
+            state.experience, batch, state.current_index, state.is_full
+        )
+        steps = jtu.tree_leaves(batch)[0].shape[1]
+        ends = self._episodes.stored(where, experience)
+        write = Write(state.current_index, steps, current_index, is_full, ends)
+        return self._written(state, experience, write)
+
     @compiled_method()
     def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
@@ -238,7 +251,8 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
 
     def _can_sample(self, state: _State) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)
-        return enough & self._has_windows(state)
+        windows = self._has_windows(state)
+        return enough if windows is None else enough & windows
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message, also
     # under jaxtyping's import hook.

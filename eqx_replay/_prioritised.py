@@ -6,7 +6,6 @@ from typing import Any
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 from beartype import beartype
 from jax.sharding import NamedSharding
@@ -21,7 +20,15 @@ from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episodes import Boundary, Episodes
 from ._sharding import sharded_set_priorities, sharded_totals
 from ._sum_tree import priority_leaves, SumTree
-from ._windows import Drawn, Grid, is_valid, item_windows, update_items, window_number
+from ._windows import (
+    Drawn,
+    Grid,
+    is_valid,
+    item_windows,
+    update_items,
+    window_number,
+    Write,
+)
 
 
 @jaxtyped(typechecker=beartype)
@@ -187,36 +194,20 @@ class PrioritisedTrajectoryBuffer(
             strict=self._episodes.strict,
         )
 
-    def _append(
-        self,
-        where: str,
-        state: PrioritisedTrajectoryBufferState,
-        batch: PyTree[Shaped[Array, "..."]],
+    def _written(
+        self, state: PrioritisedTrajectoryBufferState, experience: PyTree[Array], write: Write
     ) -> PrioritisedTrajectoryBufferState:
         """Windows that the write completes get the largest priority set so far and a new
         generation; windows it overwrites that were valid get priority zero and a new
-        generation. With `boundary="strict"`, a completed window in which an episode ends
-        before its last step gets priority zero and stays invalid: no `set_priorities`
-        revives it."""
-        experience, current_index, is_full = _ring.append(
-            state.experience, batch, state.current_index, state.is_full
-        )
+        generation."""
         priorities, generation = update_items(
-            state.priorities,
-            state.generation,
-            state.max_priority,
-            self._grid,
-            current_index=state.current_index,
-            steps=jtu.tree_leaves(batch)[0].shape[1],
-            new_index=current_index,
-            new_is_full=is_full,
-            ends=self._episodes.stored(where, experience),
+            state.priorities, state.generation, state.max_priority, self._grid, write
         )
         assert generation is not None
         return PrioritisedTrajectoryBufferState(
             experience,
-            current_index,
-            is_full,
+            write.new_index,
+            write.new_is_full,
             priorities,
             generation,
             state.max_priority,

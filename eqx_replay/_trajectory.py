@@ -6,7 +6,6 @@ from typing import Any, cast, TYPE_CHECKING, TypeVar
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.tree_util as jtu
 from beartype import beartype
 from jax.sharding import NamedSharding
 from jaxtyping import Array, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
@@ -18,7 +17,7 @@ from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episodes import Boundary, Episodes
 from ._random import below
 from ._sum_tree import SumTree
-from ._windows import Drawn, Grid, item_windows, update_items
+from ._windows import Drawn, Grid, item_windows, update_items, Write
 
 
 @jaxtyped(typechecker=beartype)
@@ -193,36 +192,18 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
             return cast(_S, StrictTrajectoryBufferState(*ring, SumTree.zeros(grid.num_items), grid))
         return cast(_S, TrajectoryBufferState(*ring))
 
-    def _append(
-        self,
-        where: str,
-        state: _S,
-        batch: PyTree[Shaped[Array, "..."]],
-    ) -> _S:
-        experience, current_index, is_full = _ring.append(
-            state.experience, batch, state.current_index, state.is_full
-        )
+    def _written(self, state: _S, experience: PyTree[Array], write: Write) -> _S:
+        new = (experience, write.new_index, write.new_is_full)
         if not isinstance(state, StrictTrajectoryBufferState):
-            return cast(_S, TrajectoryBufferState(experience, current_index, is_full))
-        windows, _ = update_items(
-            state.windows,
-            None,
-            jnp.array(1.0, jnp.float32),
-            self._grid,
-            current_index=state.current_index,
-            steps=jtu.tree_leaves(batch)[0].shape[1],
-            new_index=current_index,
-            new_is_full=is_full,
-            ends=self._episodes.stored(where, experience),
-        )
-        return cast(
-            _S, StrictTrajectoryBufferState(experience, current_index, is_full, windows, state.grid)
-        )
+            return cast(_S, TrajectoryBufferState(*new))
+        one = jnp.array(1.0, jnp.float32)
+        windows, _ = update_items(state.windows, None, one, self._grid, write)
+        return cast(_S, StrictTrajectoryBufferState(*new, windows, state.grid))
 
-    def _has_windows(self, state: _S) -> Bool[Array, ""]:
+    def _has_windows(self, state: _S) -> Bool[Array, ""] | None:
         if isinstance(state, StrictTrajectoryBufferState):
             return state.windows.total() > 0
-        return jnp.array(True)
+        return None
 
     def _pick(
         self,

@@ -75,17 +75,25 @@ def window_number(generation: Int[Array, "*shape"]) -> Int[Array, "*shape"]:
     return generation >> 1
 
 
+class Write(NamedTuple):
+    """A write to the ring, as the windows' bookkeeping sees it: `steps` steps per row
+    written at `current_index`, leaving the write head at `new_index` and fullness
+    `new_is_full`; `ends`, the episode-end flag of every stored step after the write when
+    episode ends are enforced, `None` otherwise."""
+
+    current_index: Int[Array, ""]
+    steps: int
+    new_index: Int[Array, ""]
+    new_is_full: Bool[Array, ""]
+    ends: Bool[Array, "rows capacity"] | None
+
+
 def update_items(
     tree: SumTree,
     generation: Int[Array, " items"] | None,
     weight: Float[Array, ""],
     grid: Grid,
-    *,
-    current_index: Int[Array, ""],
-    steps: int,
-    new_index: Int[Array, ""],
-    new_is_full: Bool[Array, ""],
-    ends: Bool[Array, "rows capacity"] | None = None,
+    write: Write,
 ) -> tuple[SumTree, Int[Array, " items"] | None]:
     """Updates the items whose validity a write of `steps` steps at `current_index` may
     change: each gets `weight` in `tree` if it is valid after the write and zero if not.
@@ -100,15 +108,12 @@ def update_items(
     - `tree`, `generation`: the items' weights and generations before the write.
     - `weight`: the weight of a valid item.
     - `grid`: where the items' windows are.
-    - `current_index`: the write head before the write.
-    - `steps`: the number of steps written per row.
-    - `new_index`, `new_is_full`: the ring after the write.
-    - `ends`: the episode-end flag of every stored step after the write, when episode ends
-      are enforced; `None` otherwise.
+    - `write`: the write (see `Write`).
 
     **Returns:** `(tree, generation)` after the write.
     """
     rows, capacity, length, period = grid
+    current_index, steps, new_index, new_is_full, ends = write
     total = grid.num_items
     starts, real = _ring.changed_window_runs(current_index, steps, length, period, capacity)
     runs, columns = starts.shape
