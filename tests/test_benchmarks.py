@@ -87,3 +87,11 @@ def test_vault_compare_tiny(tmp_path):
     assert (
         "| eqx_replay |" in table and "| flashbax |" in table and "Flashbax / eqx_replay" in table
     )
+
+
+def test_lowered_programs_tiny(tmp_path):
+    table = run("lowered_programs", tmp_path)
+    # Every kind's compiled methods, on one device and sharded.
+    for program in ["| trajectory strict add | one device |", "| mixer set_priorities |"]:
+        assert program in table
+    assert "| prioritised flat sample | sharded over 4 devices |" in table
