@@ -26,7 +26,7 @@ from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 from . import _ring
 from ._base import AbstractReplayBuffer
 from ._checks import check_batch, check_example, check_key, check_state, check_unsplit, per_buffer
-from ._config import donate_flag, TrajectoryConfig
+from ._config import TrajectoryConfig
 from ._data import AbstractState
 from ._episodes import Boundary, Episodes
 from ._guard import poison_sample
@@ -50,7 +50,7 @@ class AbstractTrajectoryState(AbstractState):
     current_index: eqx.AbstractVar[Int[Array, ""]]
 
     @property
-    def write_head(self) -> Int[Array, ""]:
+    def _write_head(self) -> Int[Array, ""]:
         """`current_index`."""
         return self.current_index
 
@@ -112,10 +112,11 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     # -- shared machinery ---------------------------------------------------------------
 
     def _configure(
-        self, config: TrajectoryConfig, episodes: Episodes, donate_state: object, sharding: object
+        self, config: TrajectoryConfig, episodes: Episodes, donate_state: bool, sharding: object
     ) -> None:
-        """Sets the fields every kind has, from its validated arguments (called by the
-        kinds' `__init__`), and checks `sharding` against the sizes that split over it."""
+        """Sets the fields every kind has from its validated arguments (called by the kinds'
+        `__init__`, in which fields may be set), and checks `sharding` against the sizes
+        that split over it."""
         (
             self.add_batch_size,
             self.sample_batch_size,
@@ -124,7 +125,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
             self.min_length_time_axis,
             self.max_length_time_axis,
         ) = config
-        self.donate_state = donate_flag(donate_state)
+        self.donate_state = donate_state
         self.episode_end, self.boundary = episodes.episode_end, episodes.boundary
         self.sharding = sharding  # pyright: ignore[reportAttributeAccessIssue] # checked below
         self._shards
@@ -171,7 +172,9 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         - `experience`: one step of experience, e.g. `{"obs": obs, "reward": reward}`; only
             the structure, shapes and dtypes of its leaves are used.
 
-        **Returns:** a state whose experience leaves are zeros of shape
+        **Returns:** the kind's state (a `TrajectoryBufferState`, with `boundary="strict"` a
+        `StrictTrajectoryBufferState`; a `PrioritisedTrajectoryBufferState`) whose
+        experience leaves are zeros of shape
         `(add_batch_size, max_length_time_axis, *leaf.shape)` and the leaf's dtype.
         """
         return self._init(f"{type(self).__name__}.init", experience)
@@ -206,7 +209,9 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     @compiled_method(donates_state=True)
     def add(self, state: _State, batch: PyTree) -> _State:
         """Appends a batch of trajectory pieces, continuing each row where the last add
-        stopped.
+        stopped. In a prioritised buffer, windows that the write completes get the largest
+        priority set so far and a new generation; windows it overwrites that were valid get
+        priority zero and a new generation.
 
         **Arguments:**
 
@@ -243,9 +248,9 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
 
     @compiled_method()
     def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
-        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped) and
-        some window can be drawn: with `boundary="strict"`, one inside an episode; in a
-        prioritised buffer, one with a positive priority."""
+        """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped); with
+        `boundary="strict"`, also whether some window lies inside one episode; in a
+        prioritised buffer, also whether some window has a positive priority."""
         where = f"{type(self).__name__}.can_sample"
         return per_buffer(where, state, self._check_state, self._can_sample)
 
@@ -258,20 +263,28 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     # under jaxtyping's import hook.
     @compiled_method()
     def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
-        """Draws `sample_batch_size` windows, with replacement (see the kind for how).
+        """Draws `sample_batch_size` windows, with replacement.
+
+        `TrajectoryBuffer`: uniformly; the row and the window start are drawn independently,
+        starts on the period grid counted from the oldest stored step (with
+        `boundary="strict"`, uniformly over the windows inside one episode).
+        `PrioritisedTrajectoryBuffer`: in proportion to `priority ** priority_exponent`,
+        stratified (the `j`-th draw falls in the `j`-th of equal slices of the total).
 
         A window never runs past the newest stored step. Sampling a state for which
         `can_sample` is false returns poison instead of zeros: NaN, the largest integer, or
-        True, in every element (see "Sampling semantics" in the README and the docs).
+        True, in every element (see "Sampling semantics" in the README and the docs); a
+        prioritised sample's probabilities are then zero, never NaN.
 
         **Arguments:**
 
         - `state`: the current state; it is not consumed.
         - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
 
-        **Returns:** the kind's sample, with leaves
-        `(sample_batch_size, sample_sequence_length, ...)`, and with `boundary="mask"` its
-        `mask`, `(sample_batch_size, sample_sequence_length)`.
+        **Returns:** a `TrajectoryBufferSample` (a `PrioritisedTrajectoryBufferSample`, with
+        `indices` and `probabilities` of shape `(sample_batch_size,)`) whose experience
+        leaves are `(sample_batch_size, sample_sequence_length, ...)`, and with
+        `boundary="mask"` its `mask`, `(sample_batch_size, sample_sequence_length)`.
         """
         where = f"{type(self).__name__}.sample"
         shards = self._shards

@@ -1,8 +1,9 @@
 """The interface every buffer kind shares, so that what combines buffers (the mixer, and
 later sharding and checkpointing) accepts any kind.
 
-Abstract-or-final, as in Equinox: these classes declare what a kind must define; every kind
-is a final class that defines it, with no `super()` chains. The public methods (`add`,
+Abstract-or-final, as in Equinox: these classes declare what a kind must define (and
+`AbstractPrioritisedBuffer` implements `set_priorities` over its hook); every kind is a
+final class that defines it, with no `super()` chains. The public methods (`add`,
 `sample`, ...) are compiled (`_jit.compiled_method`); each calls a private method that takes
 the name of the call, so that a kind built on another (a flat buffer on a trajectory
 buffer, a mixer on several buffers) reports errors under its own name and can draw any
@@ -97,8 +98,10 @@ class AbstractReplayBuffer(AbstractBuffer[_State, _Sample]):
 
 
 class AbstractPrioritisedBuffer(AbstractReplayBuffer[_State, _Sample]):
-    """A buffer sampled in proportion to priority, whose samples carry `indices` (handles
-    to pass back to `set_priorities`) and `probabilities`."""
+    """A buffer sampled in proportion to `priority ** priority_exponent`, whose samples carry
+    `indices` (handles to pass back to `set_priorities`) and `probabilities`."""
+
+    priority_exponent: eqx.AbstractVar[float]
 
     @compiled_method(donates_state=True)
     def set_priorities(self, state: _State, indices: ArrayLike, priorities: ArrayLike) -> _State:

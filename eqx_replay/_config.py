@@ -74,8 +74,10 @@ def _rows_of(max_size: object, rows: int) -> tuple[int, int]:
 
 
 def donate_flag(donate_state: object) -> bool:
-    """Validates `donate_state`."""
-    return check_flag("donate_state", donate_state)
+    """Validates `donate_state` (its message is the one it has always had)."""
+    if not isinstance(donate_state, bool):
+        raise TypeError(f"`donate_state` must be a bool; got {donate_state!r}")
+    return donate_state
 
 
 class TrajectoryConfig(NamedTuple):
@@ -98,18 +100,8 @@ def trajectory_config(
     min_length_time_axis: object,
     max_size: object | None,
     max_length_time_axis: object | None,
-    items: bool = False,
-    handles: bool = False,
 ) -> TrajectoryConfig:
     """Validates a trajectory buffer's configuration.
-
-    **Arguments:** the constructor's, and
-
-    - `items`: whether the buffer samples windows as items (a prioritised buffer, or
-        `boundary="strict"`): they start at physical multiples of `period`, so the time
-        axis is rounded down to one (with a warning), every constraint checked again after
-        rounding, and the items' bookkeeping must fit in int32 (`check_items`).
-    - `handles`: whether its samples carry handles (a prioritised buffer).
 
     **Returns:** the configuration as ints, with the time axis resolved from `max_size`
     when that was given and `min_length_time_axis` raised to `sample_sequence_length` when
@@ -157,10 +149,19 @@ def trajectory_config(
             f"`period` ({period_}) is greater than `sample_sequence_length` ({length}): "
             f"{period_ - length} of every {period_} steps are never sampled"
         )
-    if items:
-        capacity = grid_capacity(capacity, period_, length, min_length)
-        check_items(rows, capacity, period_, handles=handles)
     return TrajectoryConfig(rows, samples, length, period_, min_length, capacity)
+
+
+def grid_config(config: TrajectoryConfig, *, handles: bool) -> TrajectoryConfig:
+    """The configuration of a buffer that samples windows as items (a prioritised buffer, or
+    `boundary="strict"`): they start at physical multiples of `period`, so the time axis is
+    rounded down to one (with a warning, every constraint checked again after rounding), and
+    the items' bookkeeping must fit in int32 (`check_items`); `handles` for a buffer whose
+    samples carry handles (a prioritised buffer)."""
+    rows, _, length, period, min_length, capacity = config
+    rounded = grid_capacity(capacity, period, length, min_length)
+    check_items(rows, rounded, period, handles=handles)
+    return config._replace(max_length_time_axis=rounded)
 
 
 def check_exponent(value: object, *, unit: bool = False) -> float:

@@ -56,9 +56,10 @@ def field_roles(state: "AbstractState") -> dict[str, Role]:
 
 
 class AbstractState(Data):
-    """A buffer's state: its stored experience on a ring, the ring's write head, and whether
-    the ring has wrapped. Every array field declares its role under sharding (`ROWS`,
-    `REPLICATED` or `PER_DEVICE` as its metadata).
+    """A buffer's state: its stored experience on a ring, the ring's write head and
+    `is_full` (whether the ring has wrapped; for a queue, whether every stored step is
+    unread). Every array field declares its role under sharding (`ROWS`, `REPLICATED` or
+    `PER_DEVICE` as its metadata).
 
     `is_full` is a scalar in one buffer's state: the number of axes of `is_full` is the
     number of batch axes that `jax.pmap(buffer.add)` or `jax.vmap` put in front of every
@@ -70,7 +71,7 @@ class AbstractState(Data):
 
     @property
     @abc.abstractmethod
-    def write_head(self) -> Int[Array, ""]:
+    def _write_head(self) -> Int[Array, ""]:
         """The time index the next added step is written at (`current_index`, or a
         queue's `write_index`)."""
 

@@ -29,7 +29,7 @@ from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
 from ._checks import Axis, check_leading
 from ._config import check_exponent, donate_flag, flat_config, TrajectoryConfig
-from ._data import Data
+from ._data import AbstractSample
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
 from ._sharding import quietly, shard_config
@@ -45,7 +45,7 @@ class ExperiencePair(NamedTuple):
 
 
 @jaxtyped(typechecker=beartype)
-class TransitionSample(Data):
+class TransitionSample(AbstractSample):
     """A batch of transitions drawn from a flat buffer.
 
     **Fields:**
@@ -58,7 +58,7 @@ class TransitionSample(Data):
 
 
 @jaxtyped(typechecker=beartype)
-class PrioritisedTransitionSample(Data):
+class PrioritisedTransitionSample(AbstractSample):
     """A batch of transitions drawn from a prioritised flat buffer.
 
     **Fields:**

@@ -25,7 +25,7 @@ from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
 from ._checks import Axis, check_leading
 from ._config import check_exponent, donate_flag, item_config, TrajectoryConfig
-from ._data import Data
+from ._data import AbstractSample
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
 from ._trajectory import TrajectoryBuffer, TrajectoryBufferState
@@ -33,7 +33,7 @@ from ._windows import Drawn
 
 
 @jaxtyped(typechecker=beartype)
-class ItemBufferSample(Data):
+class ItemBufferSample(AbstractSample):
     """A batch of items drawn from an item buffer.
 
     **Fields:**
@@ -45,7 +45,7 @@ class ItemBufferSample(Data):
 
 
 @jaxtyped(typechecker=beartype)
-class PrioritisedItemBufferSample(Data):
+class PrioritisedItemBufferSample(AbstractSample):
     """A batch of items drawn in proportion to priority.
 
     **Fields:**

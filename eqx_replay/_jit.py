@@ -51,7 +51,7 @@ from typing import (
     overload,
     ParamSpec,
     Protocol,
-    runtime_checkable,
+    TYPE_CHECKING,
     TypeVar,
 )
 
@@ -64,7 +64,6 @@ from jax.core import Tracer
 from jaxtyping import jaxtyped, TypeCheckError
 
 
-@runtime_checkable
 class _Buffer(Protocol):
     """What a compiled method reads of its buffer: every buffer kind and the mixer declare
     both."""
@@ -76,7 +75,12 @@ class _Buffer(Protocol):
     def sharding(self) -> jax.sharding.NamedSharding | None: ...
 
 
-_B = TypeVar("_B", bound=_Buffer)
+# Bound for type checkers only: at run time (under jaxtyping's import hook too) the method
+# lookup `buffer.add` stays a dictionary read, with no protocol check.
+if TYPE_CHECKING:
+    _B = TypeVar("_B", bound=_Buffer)
+else:
+    _B = TypeVar("_B")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")

@@ -3,8 +3,10 @@ or prioritised.
 
 Each such kind holds a `TrajectoryBuffer` or `PrioritisedTrajectoryBuffer` (`buffer`),
 whose state it uses as its own (Flashbax's states, element for element), and defines only
-what differs: how an added batch maps onto the rows and steps of the ring (`_rows`) and
-what a sample looks like (`_draw`). Everything else, from the checks to the ring and the sum
+what differs: how an added batch maps onto the rows and steps of the ring (`_rows`), what a
+sample looks like (`_draw`) and the buffer each device runs when sharded (`_local`); the
+flat and item bases (`_flat.AbstractFlatBuffer`, `_item.AbstractItemBuffer`) supply `_rows`
+and `_local` for their two kinds. Everything else, from the checks to the ring and the sum
 tree, is the trajectory buffer's.
 """
 

@@ -15,7 +15,7 @@ from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
 from ._base import AbstractPrioritisedBuffer
 from ._checks import check_beta, check_priorities, describe
-from ._config import check_exponent, trajectory_config
+from ._config import check_exponent, donate_flag, grid_config, trajectory_config
 from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episodes import Boundary, Episodes
 from ._sharding import sharded_set_priorities, sharded_totals
@@ -154,7 +154,6 @@ class PrioritisedTrajectoryBuffer(
 
         The time axis is rounded down to a multiple of `period`, with a warning.
         """
-        episodes = Episodes(episode_end, boundary)
         config = trajectory_config(
             add_batch_size=add_batch_size,
             sample_batch_size=sample_batch_size,
@@ -163,11 +162,12 @@ class PrioritisedTrajectoryBuffer(
             min_length_time_axis=min_length_time_axis,
             max_size=max_size,
             max_length_time_axis=max_length_time_axis,
-            items=True,
-            handles=True,
         )
         self.priority_exponent = check_exponent(priority_exponent)
-        self._configure(config, episodes, donate_state, sharding)
+        config = grid_config(config, handles=True)
+        donate = donate_flag(donate_state)
+        episodes = Episodes(episode_end, boundary)
+        self._configure(config, episodes, donate, sharding)
 
     @property
     def _generations(self) -> int:

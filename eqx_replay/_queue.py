@@ -24,7 +24,7 @@ from . import _ring
 from ._base import AbstractBuffer
 from ._checks import check_batch, check_example, check_state, check_unsplit, per_buffer
 from ._config import donate_flag, queue_config
-from ._data import AbstractState, Data, REPLICATED, ROWS
+from ._data import AbstractSample, AbstractState, REPLICATED, ROWS
 from ._guard import poison_unless
 from ._jit import compiled_method
 from ._sharding import quietly, shard_config, sharded_empty, sharded_read, sharded_write, Shards
@@ -52,13 +52,13 @@ class TrajectoryQueueState(AbstractState):
     refused_adds: Int[Array, ""] = eqx.field(metadata=REPLICATED)
 
     @property
-    def write_head(self) -> Int[Array, ""]:
+    def _write_head(self) -> Int[Array, ""]:
         """`write_index`."""
         return self.write_index
 
 
 @jaxtyped(typechecker=beartype)
-class TrajectoryQueueSample(Data):
+class TrajectoryQueueSample(AbstractSample):
     """The next unread steps of every row.
 
     **Fields:**

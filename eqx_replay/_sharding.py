@@ -5,7 +5,9 @@ A buffer made with `sharding=NamedSharding(mesh, P(axis))` splits its rows
 (`add_batch_size`) over the `n` devices of the mesh axis `axis`: device `d` holds rows
 `[d * rows / n, (d + 1) * rows / n)` of every stored leaf. All rows advance together, so the
 write head and the other scalars of the state are the same on every device, and are
-replicated. The state is element for element the unsharded buffer's, only placed.
+replicated; a prioritised buffer keeps one sum tree per device (its fields declare which,
+`_data.ROWS`, `REPLICATED`, `PER_DEVICE`). A uniform buffer's state is element for element
+the unsharded buffer's, only placed.
 
 Every call that touches the rows runs through `jax.shard_map`: inside it, each device runs
 the *local* buffer, the same kind with `rows / n` rows and `sample_batch_size / n` draws,
@@ -31,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
 from ._data import AbstractState, field_roles, Role
+from ._guard import poison_sample
 from ._random import fold_in
 
 
@@ -241,8 +244,6 @@ def sharded_sample(
     """Inside `sample` (after its checks): each device draws `sample_batch_size / n` items
     from its rows with its own key, poisoned unless it can be sampled, then `finish(local
     state, sample)`; the sample is the devices' samples in device order."""
-    from ._guard import poison_sample
-
     specs = state_specs(shards, state)
 
     def draw(state: Any, key: Any) -> Any:

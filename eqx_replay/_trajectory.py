@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
-from ._config import trajectory_config
+from ._config import donate_flag, grid_config, trajectory_config
 from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episodes import Boundary, Episodes
 from ._random import below
@@ -163,7 +163,6 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
             axis is rounded down to a multiple of `period`, with a warning), and
             `can_sample` is False until such a window exists.
         """
-        episodes = Episodes(episode_end, boundary)
         config = trajectory_config(
             add_batch_size=add_batch_size,
             sample_batch_size=sample_batch_size,
@@ -172,9 +171,12 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
             min_length_time_axis=min_length_time_axis,
             max_size=max_size,
             max_length_time_axis=max_length_time_axis,
-            items=episodes.strict,
         )
-        self._configure(config, episodes, donate_state, sharding)
+        donate = donate_flag(donate_state)
+        episodes = Episodes(episode_end, boundary)
+        if episodes.strict:
+            config = grid_config(config, handles=False)
+        self._configure(config, episodes, donate, sharding)
         if self._shards is not None and episodes.strict:
             raise ValueError(
                 "`TrajectoryBuffer`: `boundary='strict'` cannot be combined with `sharding` "

@@ -516,18 +516,24 @@ class Vault:
         trajectory queue, whose `is_full` means that every step is unread, so that its state
         cannot show whether the ring wrapped."""
         leaves = self._experience(where, state)
-        full = None if isinstance(state, TrajectoryQueueState) else bool(state.is_full)
-        return leaves, int(state.write_head), full
+        if isinstance(state, AbstractState):
+            full = None if isinstance(state, TrajectoryQueueState) else bool(state.is_full)
+            return leaves, int(state._write_head), full
+        return leaves, int(state.current_index), bool(state.is_full)
 
     def _experience(self, where: str, state: Any) -> list[Any]:
-        """The leaves of a state's experience, checked against the vault's."""
-        if not isinstance(state, AbstractState):
+        """The leaves of a state's experience, checked against the vault's. A state is one
+        of ours, or Flashbax's (a trajectory buffer's), read by its field names."""
+        if isinstance(state, AbstractState):
+            experience = state.experience
+        elif all(hasattr(state, name) for name in ("experience", "current_index", "is_full")):
+            experience = state.experience
+        else:
             raise _error(
                 where,
                 "expected a buffer state (with `experience`, `current_index` and `is_full`); "
                 f"got {type(state).__name__}",
             )
-        experience = state.experience
         if jtu.tree_structure(experience) != self._structure:
             raise _error(
                 where,

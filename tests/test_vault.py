@@ -283,11 +283,14 @@ def test_flashbax_reads_what_we_write_and_we_read_what_it_writes(here: Any) -> N
         their_vault = FlashbaxVault(
             "theirs", experience_structure=their_state.experience, vault_uid="x"
         )
+        # Ours also writes Flashbax's state, as it writes ours.
+        from_theirs = Vault("from theirs", experience_structure=their_state.experience)
         for i in range(5):
             ours_state = ours.add(ours_state, numbered_u8(3 * i, 3))
             their_state = theirs.add(their_state, numbered_u8(3 * i, 3))
             ours_vault.write(ours_state)
             their_vault.write(their_state)
+            assert from_theirs.write(their_state) == 3
         expected = numbered_u8(0, 15)
         # Flashbax reading ours, with and without the structure.
         read = FlashbaxVault("ours", experience_structure=ours_state.experience, vault_uid="x")
@@ -295,6 +298,7 @@ def test_flashbax_reads_what_we_write_and_we_read_what_it_writes(here: Any) -> N
         as_dicts = FlashbaxVault("ours", vault_uid="x").read().experience
         assert tree_allclose(as_dicts["extras"]["id"], expected.extras["id"])
         assert tree_allclose(as_dicts["info"]["done"], expected.info.done)
+    assert tree_allclose(from_theirs.read().experience, expected)
     # Ours reading Flashbax's, with and without the structure.
     read = Vault("theirs", experience_structure=their_state.experience, vault_uid="x")
     assert read.vault_index == 15
