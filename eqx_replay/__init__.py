@@ -18,6 +18,7 @@ from ._flat import (
     PrioritisedTransitionSample as PrioritisedTransitionSample,
     TransitionSample as TransitionSample,
 )
+from ._frames import FrameStack as FrameStack, FrameStackState as FrameStackState
 from ._item import (
     ItemBuffer as ItemBuffer,
     ItemBufferSample as ItemBufferSample,
@@ -47,6 +48,7 @@ from ._returns import (
 )
 from ._sum_tree import SumTree as SumTree
 from ._trajectory import (
+    FrameStackedTrajectoryBufferState as FrameStackedTrajectoryBufferState,
     make_trajectory_buffer as make_trajectory_buffer,
     StrictTrajectoryBufferState as StrictTrajectoryBufferState,
     TrajectoryBuffer as TrajectoryBuffer,
@@ -64,6 +66,9 @@ __all__ = [
     "burn_in_split",
     "ExperiencePair",
     "FlatBuffer",
+    "FrameStack",
+    "FrameStackedTrajectoryBufferState",
+    "FrameStackState",
     "importance_weights",
     "ItemBuffer",
     "ItemBufferSample",

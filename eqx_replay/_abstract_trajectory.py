@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast, TypeVar
 
 import equinox as eqx
+import jax
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
@@ -29,6 +30,7 @@ from ._checks import check_batch, check_example, check_key, check_state, check_u
 from ._config import TrajectoryConfig
 from ._data import AbstractState
 from ._episodes import Boundary, Episodes
+from ._frames import check_frame_stack, FrameStack, FrameStackState
 from ._guard import poison_sample
 from ._jit import compiled_method
 from ._sharding import (
@@ -48,6 +50,12 @@ class AbstractTrajectoryState(AbstractState):
     write head `current_index` and `is_full` (see `TrajectoryBufferState`)."""
 
     current_index: eqx.AbstractVar[Int[Array, ""]]
+
+    @property
+    @abc.abstractmethod
+    def _frame_stack(self) -> FrameStackState | None:
+        """With `frame_stack`, what the buffer keeps beside its frames (see `_frames`);
+        None for a state that stores whole observations."""
 
     @property
     def _write_head(self) -> Int[Array, ""]:
@@ -73,6 +81,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     max_length_time_axis: eqx.AbstractVar[int]
     episode_end: eqx.AbstractVar[Callable[[PyTree], Any] | None]
     boundary: eqx.AbstractVar[Boundary]
+    frame_stack: eqx.AbstractVar[FrameStack | None]
 
     # -- hooks --------------------------------------------------------------------------
 
@@ -112,11 +121,16 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     # -- shared machinery ---------------------------------------------------------------
 
     def _configure(
-        self, config: TrajectoryConfig, episodes: Episodes, donate_state: bool, sharding: object
+        self,
+        config: TrajectoryConfig,
+        episodes: Episodes,
+        donate_state: bool,
+        sharding: object,
+        frame_stack: object = None,
     ) -> None:
         """Sets the fields every kind has from its validated arguments (called by the kinds'
         `__init__`, in which fields may be set), and checks `sharding` against the sizes
-        that split over it."""
+        that split over it and `frame_stack` against the rest."""
         (
             self.add_batch_size,
             self.sample_batch_size,
@@ -129,6 +143,15 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         self.episode_end, self.boundary = episodes.episode_end, episodes.boundary
         self.sharding = sharding  # pyright: ignore[reportAttributeAccessIssue] # checked below
         self._shards
+        self.frame_stack = check_frame_stack(
+            type(self).__name__,
+            frame_stack,
+            episodes,
+            config.sample_sequence_length,
+            config.period,
+            config.max_length_time_axis,
+            "`max_length_time_axis`",
+        )
 
     @property
     def _episodes(self) -> Episodes:
@@ -182,6 +205,10 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     def _init(self, where: str, experience: PyTree) -> _State:
         check_example(where, experience)
         self._episodes.check(where, experience, (), "the example")
+        if self.frame_stack is not None:
+            frames = self.frame_stack
+            frames.check_episode_end(where, self._episodes, experience)
+            experience = frames.stored_example(where, experience)
         shards = self._shards
         if shards is not None:
             return sharded_empty(shards, self._local(), experience)
@@ -224,7 +251,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         """
         where = f"{type(self).__name__}.add"
         self._check_state(where, state)
-        steps = check_batch(where, state.experience, batch, self.max_length_time_axis)
+        steps = check_batch(where, self._seen(state.experience), batch, self.max_length_time_axis)
         self._episodes.check(where, batch, (self.add_batch_size, steps), "the batch")
         return self._write(where, state, batch)
 
@@ -236,14 +263,40 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         check_unsplit(where, "the batch's", batch)
         return self._append(where, state, batch)
 
+    def _seen(self, storage: PyTree[Array]) -> PyTree[Array | jax.ShapeDtypeStruct]:
+        """The storage as the user sees it (with `frame_stack`, its frames as stacks), to
+        check added batches against."""
+        if self.frame_stack is None:
+            return storage
+        return self.frame_stack.stacked_view(storage)
+
     def _append(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
         """An add on one device, after its checks: `batch` is `(rows, t, ...)`."""
-        experience, current_index, is_full = _ring.append(
-            state.experience, batch, state.current_index, state.is_full
-        )
         steps = jtu.tree_leaves(batch)[0].shape[1]
+        frames = self.frame_stack
+        if frames is None:
+            experience, current_index, is_full = _ring.append(
+                state.experience, batch, state.current_index, state.is_full
+            )
+            kept_after = None
+        else:
+            kept = state._frame_stack
+            assert self.episode_end is not None and kept is not None
+            experience, kept_after = frames.append(
+                where,
+                self.episode_end,
+                state.experience,
+                kept,
+                batch,
+                state.current_index,
+                state.is_full,
+            )
+            capacity = self.max_length_time_axis
+            current_index, is_full = _ring.advance(
+                state.current_index, state.is_full, steps, capacity
+            )
         ends = self._episodes.stored(where, experience)
-        write = Write(state.current_index, steps, current_index, is_full, ends)
+        write = Write(state.current_index, steps, current_index, is_full, ends, kept_after)
         return self._written(state, experience, write)
 
     @compiled_method()
@@ -301,10 +354,31 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     ) -> tuple[Bool[Array, ""], _Sample]:
         """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
         drawn = self._choose(where, state, key, count)
-        windows = _ring.read(
-            state.experience, drawn.rows, drawn.starts, self.sample_sequence_length
-        )
+        windows = self._read(state, drawn, self.sample_sequence_length, _ring.read)
         return drawn.ok, self._sample(drawn, windows, self._episodes.mask(where, windows))
+
+    def _read(
+        self,
+        state: _State,
+        drawn: Drawn,
+        length: int,
+        read: Callable[[PyTree[Array], Array, Array, int], PyTree[Array]],
+    ) -> PyTree[Array]:
+        """The drawn windows of `length` steps, read from the ring by `read` (with
+        `frame_stack`, their stacks rebuilt)."""
+        frames = self.frame_stack
+        if frames is None:
+            return read(state.experience, drawn.rows, drawn.starts, length)
+        kept = state._frame_stack
+        assert kept is not None
+        return frames.read(
+            state.experience,
+            kept.episode_starts,
+            drawn.rows,
+            drawn.starts,
+            length,
+            lambda others: read(others, drawn.rows, drawn.starts, length),
+        )
 
     def _choose(self, where: str, state: _State, key: ArrayLike, count: int) -> Drawn:
         """Where `count` windows drawn for `sample` are, the state and key checked (the

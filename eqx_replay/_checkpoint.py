@@ -41,6 +41,7 @@ from jaxtyping import PyTree
 from ._base import AbstractBuffer
 from ._checks import check_example
 from ._checksums_v1 import checksum_list
+from ._frames import FrameStack
 from ._jit import _deleted
 from ._sharding import Shards, state_specs
 
@@ -88,6 +89,8 @@ def _setting(value: object) -> object:
         return f"sharded over {count} devices"
     if callable(value):
         return "a function"
+    if isinstance(value, FrameStack):
+        return {"size": value.size, "axis": value.axis, "padding": value.padding}
     return repr(value)
 
 

@@ -96,7 +96,7 @@ class Axis(NamedTuple):
 
 
 def check_leading(
-    where: str, storage: PyTree[Array], batch: PyTree, axes: tuple[Axis, ...]
+    where: str, storage: PyTree[Array | jax.ShapeDtypeStruct], batch: PyTree, axes: tuple[Axis, ...]
 ) -> tuple[int, ...]:
     """Checks a batch against the storage it will be written into: each batch leaf must be
     `(*axes, *item)`, where the storage leaf is `(rows, capacity, *item)`, with the
@@ -146,7 +146,9 @@ def check_leading(
     return sizes_seen[1]
 
 
-def check_batch(where: str, storage: PyTree[Array], batch: PyTree, max_steps: int) -> int:
+def check_batch(
+    where: str, storage: PyTree[Array | jax.ShapeDtypeStruct], batch: PyTree, max_steps: int
+) -> int:
     """Checks a batch of steps `(rows, t, ...)`, `1 <= t <= max_steps`, against the storage
     `(rows, capacity, ...)` it will be written into (see `check_leading`).
 

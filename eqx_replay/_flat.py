@@ -17,9 +17,12 @@ of what `add` takes, in Flashbax's four modes:
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TYPE_CHECKING, TypeVar
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 from beartype import beartype
 from jax.sharding import NamedSharding
@@ -30,10 +33,16 @@ from ._abstract_trajectory import AbstractTrajectoryState
 from ._checks import Axis, check_leading
 from ._config import check_exponent, donate_flag, flat_config, TrajectoryConfig
 from ._data import AbstractSample
+from ._episodes import Episodes
+from ._frames import check_frame_stack, FrameStack
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
 from ._sharding import quietly, shard_config
-from ._trajectory import TrajectoryBuffer, TrajectoryBufferState
+from ._trajectory import (
+    FrameStackedTrajectoryBufferState,
+    TrajectoryBuffer,
+    TrajectoryBufferState,
+)
 from ._windows import Drawn
 
 
@@ -82,8 +91,27 @@ _SPLIT_READ_BYTES = 1024
 
 
 def _pairs(buffer: Any, state: AbstractTrajectoryState, drawn: Drawn) -> ExperiencePair:
-    """The two steps of each drawn window, not yet poisoned."""
-    leaves, structure = jtu.tree_flatten(state.experience)
+    """The two steps of each drawn window, not yet poisoned (with `frame_stack`, their
+    stacks rebuilt, each step's straight into its own array)."""
+    frames = buffer.frame_stack
+    if frames is None:
+        return _read_pairs(buffer, state.experience, drawn)
+    kept = state._frame_stack
+    assert kept is not None
+    stored = frames.where(state.experience)
+    placeholder = jnp.zeros(stored.shape[:2] + (0,), stored.dtype)
+    pair = _read_pairs(buffer, eqx.tree_at(frames.where, state.experience, placeholder), drawn)
+    at, pad = frames.locate(kept.episode_starts, drawn.rows, drawn.starts, 2)
+    first, second = (frames.gather(stored, drawn.rows, at[:, t], pad[:, t]) for t in (0, 1))
+    return ExperiencePair(
+        eqx.tree_at(frames.where, pair.first, first),
+        eqx.tree_at(frames.where, pair.second, second),
+    )
+
+
+def _read_pairs(buffer: Any, experience: PyTree[Array], drawn: Drawn) -> ExperiencePair:
+    """The two steps of each drawn window of `experience`, not yet poisoned."""
+    leaves, structure = jtu.tree_flatten(experience)
     large = [math.prod(x.shape[2:]) * x.dtype.itemsize >= _SPLIT_READ_BYTES for x in leaves]
     small = [x for x, big in zip(leaves, large) if not big]
     big = [x for x, is_big in zip(leaves, large) if is_big]
@@ -118,6 +146,8 @@ class AbstractFlatBuffer(AbstractLayeredBuffer[_State, _Sample]):
     min_length: eqx.AbstractVar[int]
     add_sequences: eqx.AbstractVar[bool]
     add_batch_size: eqx.AbstractVar[int | None]
+    episode_end: eqx.AbstractVar[Callable[[PyTree], Any] | None]
+    frame_stack: eqx.AbstractVar[FrameStack | None]
 
     def _trajectory_config(self) -> TrajectoryConfig:
         """The configuration of the trajectory buffer underneath, validated (`sharding`
@@ -134,6 +164,16 @@ class AbstractFlatBuffer(AbstractLayeredBuffer[_State, _Sample]):
             self.sharding,
             add_batch_size=self.add_batch_size,
             sample_batch_size=self.sample_batch_size,
+        )
+        episodes = Episodes(self.episode_end, "ignore")
+        check_frame_stack(
+            type(self).__name__,
+            self.frame_stack,
+            episodes,
+            2,
+            1,
+            config.max_length_time_axis,
+            "`max_length // add_batch_size`",
         )
         return config
 
@@ -152,7 +192,9 @@ class AbstractFlatBuffer(AbstractLayeredBuffer[_State, _Sample]):
             )
         )
 
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+    def _rows(
+        self, where: str, storage: PyTree[Array | jax.ShapeDtypeStruct], batch: PyTree
+    ) -> PyTree[Array]:
         """Checks a batch in the flat buffer's add mode and shapes it `(rows, t, ...)`."""
         rows, sequences = self.add_batch_size, self.add_sequences
         capacity = jtu.tree_leaves(storage)[0].shape[1]
@@ -170,11 +212,28 @@ class AbstractFlatBuffer(AbstractLayeredBuffer[_State, _Sample]):
         return jtu.tree_map(shaped, batch)
 
 
-class FlatBuffer(AbstractFlatBuffer[TrajectoryBufferState, TransitionSample]):
+# The state type of a `FlatBuffer`: a `FrameStackedTrajectoryBufferState` with
+# `frame_stack`, a `TrajectoryBufferState` otherwise, which type checkers take unless told
+# (`FlatBuffer[FrameStackedTrajectoryBufferState]`).
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as _TypeVar
+
+    _FS = _TypeVar(
+        "_FS",
+        TrajectoryBufferState,
+        FrameStackedTrajectoryBufferState,
+        default=TrajectoryBufferState,
+    )
+else:
+    _FS = TypeVar("_FS", TrajectoryBufferState, FrameStackedTrajectoryBufferState)
+
+
+class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
     """A buffer of transitions sampled uniformly as pairs of consecutive steps, Flashbax's
     flat buffer as an Equinox Module (see the module docstring for the add modes).
 
-    The state is a `TrajectoryBufferState`, element for element Flashbax's.
+    The state is a `TrajectoryBufferState`, element for element Flashbax's (with
+    `frame_stack`, a `FrameStackedTrajectoryBufferState`).
     """
 
     max_length: int = eqx.field(static=True)
@@ -184,7 +243,9 @@ class FlatBuffer(AbstractFlatBuffer[TrajectoryBufferState, TransitionSample]):
     add_batch_size: int | None = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
     sharding: NamedSharding | None = eqx.field(static=True)
-    buffer: TrajectoryBuffer = eqx.field(static=True, init=False)
+    episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
+    frame_stack: FrameStack | None = eqx.field(static=True)
+    buffer: TrajectoryBuffer[_FS] = eqx.field(static=True, init=False)
 
     def __init__(
         self,
@@ -195,6 +256,8 @@ class FlatBuffer(AbstractFlatBuffer[TrajectoryBufferState, TransitionSample]):
         add_batch_size: int | None = None,
         donate_state: bool = True,
         sharding: NamedSharding | None = None,
+        episode_end: Callable[[PyTree], Any] | None = None,
+        frame_stack: FrameStack | None = None,
     ):
         """**Arguments:**
 
@@ -210,19 +273,31 @@ class FlatBuffer(AbstractFlatBuffer[TrajectoryBufferState, TransitionSample]):
         - `donate_state`: as in `TrajectoryBuffer`.
         - `sharding`: as in `TrajectoryBuffer`: the rows (`add_batch_size`, which must
             then be given) are split over the devices of the mesh axis it names.
+        - `episode_end`: as in `TrajectoryBuffer`: a function from a step of experience
+            to its boolean episode-end leaf; step `t + 1` starts an episode when it is
+            true for step `t`. Needed with `frame_stack`.
+        - `frame_stack`: as in `TrajectoryBuffer`: an `eqx_replay.FrameStack`, to store
+            the stacked observation as its newest frame only (see "Frames stored once"
+            in the docs). A pair is drawn only when its `first` step's stack is still
+            complete.
         """
         self.max_length, self.min_length = max_length, min_length
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
         self.donate_state = donate_flag(donate_state)
         self.sharding = sharding
+        self.episode_end, self.frame_stack = episode_end, frame_stack
         config = self._trajectory_config()
         self.buffer = TrajectoryBuffer(
-            **config._asdict(), donate_state=self.donate_state, sharding=sharding
+            **config._asdict(),
+            donate_state=self.donate_state,
+            sharding=sharding,
+            episode_end=episode_end,
+            frame_stack=frame_stack,
         )
 
     def _draw(
-        self, where: str, state: TrajectoryBufferState, key: PRNGKeyArray, count: int
+        self, where: str, state: _FS, key: PRNGKeyArray, count: int
     ) -> tuple[Bool[Array, ""], TransitionSample]:
         """Pairs `(first, second)` of consecutive steps, uniformly over all stored pairs,
         with replacement; `experience.first` and `.second` have leaves `(count, ...)`."""
@@ -247,6 +322,8 @@ class PrioritisedFlatBuffer(
     priority_exponent: float = eqx.field(static=True)
     donate_state: bool = eqx.field(static=True)
     sharding: NamedSharding | None = eqx.field(static=True)
+    episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
+    frame_stack: FrameStack | None = eqx.field(static=True)
     buffer: PrioritisedTrajectoryBuffer = eqx.field(static=True, init=False)
 
     def __init__(
@@ -259,21 +336,28 @@ class PrioritisedFlatBuffer(
         priority_exponent: float | int = 0.6,
         donate_state: bool = True,
         sharding: NamedSharding | None = None,
+        episode_end: Callable[[PyTree], Any] | None = None,
+        frame_stack: FrameStack | None = None,
     ):
         """**Arguments:** those of `FlatBuffer`, and `priority_exponent`, in `[0, 1]` as
         Flashbax requires for this kind. With `sharding`, each device keeps a sum tree of
-        its own rows' transitions (see `PrioritisedTrajectoryBuffer`)."""
+        its own rows' transitions (see `PrioritisedTrajectoryBuffer`). `episode_end` and
+        `frame_stack` as in `FlatBuffer`; a transition whose `first` stack needs a frame
+        that is gone has priority zero."""
         self.max_length, self.min_length = max_length, min_length
         self.sample_batch_size = sample_batch_size
         self.add_sequences, self.add_batch_size = add_sequences, add_batch_size
         self.priority_exponent = check_exponent(priority_exponent, unit=True)
         self.donate_state = donate_flag(donate_state)
         self.sharding = sharding
+        self.episode_end, self.frame_stack = episode_end, frame_stack
         self.buffer = PrioritisedTrajectoryBuffer(
             **self._trajectory_config()._asdict(),
             priority_exponent=self.priority_exponent,
             donate_state=self.donate_state,
             sharding=sharding,
+            episode_end=episode_end,
+            frame_stack=frame_stack,
         )
 
     def _draw(
@@ -296,6 +380,8 @@ def make_flat_buffer(
     add_batch_size: int | None = None,
     donate_state: bool = True,
     sharding: NamedSharding | None = None,
+    episode_end: Callable[[PyTree], Any] | None = None,
+    frame_stack: FrameStack | None = None,
 ) -> FlatBuffer:
     """Makes a `FlatBuffer`; the arguments are those of its constructor and of Flashbax's
     `make_flat_buffer`."""
@@ -307,6 +393,8 @@ def make_flat_buffer(
         add_batch_size=add_batch_size,
         donate_state=donate_state,
         sharding=sharding,
+        episode_end=episode_end,
+        frame_stack=frame_stack,
     )
 
 
@@ -320,6 +408,8 @@ def make_prioritised_flat_buffer(
     device: str = "cpu",
     donate_state: bool = True,
     sharding: NamedSharding | None = None,
+    episode_end: Callable[[PyTree], Any] | None = None,
+    frame_stack: FrameStack | None = None,
 ) -> PrioritisedFlatBuffer:
     """Makes a `PrioritisedFlatBuffer`; the arguments are those of its constructor and of
     Flashbax's `make_prioritised_flat_buffer` (`device` is accepted and ignored, as in
@@ -334,4 +424,6 @@ def make_prioritised_flat_buffer(
         priority_exponent=priority_exponent,
         donate_state=donate_state,
         sharding=sharding,
+        episode_end=episode_end,
+        frame_stack=frame_stack,
     )

@@ -17,6 +17,7 @@ import math
 from typing import Never, TypeVar
 
 import equinox as eqx
+import jax
 import jax.tree_util as jtu
 from beartype import beartype
 from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
@@ -90,7 +91,9 @@ class AbstractItemBuffer(AbstractLayeredBuffer[_State, _Sample]):
     def _local(self) -> Never:
         raise TypeError(f"{type(self).__name__} cannot be sharded")
 
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+    def _rows(
+        self, where: str, storage: PyTree[Array | jax.ShapeDtypeStruct], batch: PyTree
+    ) -> PyTree[Array]:
         """Checks a batch in the item buffer's add mode and shapes it `(1, items, ...)`."""
         capacity = jtu.tree_leaves(storage)[0].shape[1]
         axes = ((Axis("b", 1, capacity),) if self.add_batches else ()) + (

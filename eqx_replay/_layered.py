@@ -14,6 +14,7 @@ import abc
 from typing import Any, cast, TypeVar
 
 import equinox as eqx
+import jax
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
 
 from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
@@ -37,7 +38,9 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
     buffer: eqx.AbstractVar[AbstractTrajectoryBuffer[_State, Any]]
 
     @abc.abstractmethod
-    def _rows(self, where: str, storage: PyTree[Array], batch: PyTree) -> PyTree[Array]:
+    def _rows(
+        self, where: str, storage: PyTree[Array | jax.ShapeDtypeStruct], batch: PyTree
+    ) -> PyTree[Array]:
         """Checks an added batch and shapes it `(rows, steps, ...)` for the ring
         `storage`."""
 
@@ -59,7 +62,8 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
         unless the buffer was made with `donate_state=False`."""
         where = f"{type(self).__name__}.add"
         self._check_state(where, state)
-        return self.buffer._write(where, state, self._rows(where, state.experience, batch))
+        batch = self._rows(where, self.buffer._seen(state.experience), batch)
+        return self.buffer._write(where, state, batch)
 
     @compiled_method()
     def can_sample(self, state: _State) -> Bool[Array, "*batch"]:

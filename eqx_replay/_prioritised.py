@@ -18,6 +18,7 @@ from ._checks import check_beta, check_priorities, describe
 from ._config import check_exponent, donate_flag, grid_config, trajectory_config
 from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episodes import Boundary, Episodes
+from ._frames import drop_incomplete, FrameStack, FrameStackState, written_frames
 from ._sharding import sharded_set_priorities, sharded_totals
 from ._sum_tree import priority_leaves, SumTree
 from ._windows import (
@@ -49,6 +50,9 @@ class PrioritisedTrajectoryBufferState(AbstractTrajectoryState):
     - `grid`, `strict` (static): where the windows are (rows, steps per row, window length,
       period) and whether episode ends are enforced, so that a buffer whose windows mean
       something else refuses the state.
+    - `frame_stack`: with `frame_stack`, a `FrameStackState` (see
+      `FrameStackedTrajectoryBufferState`; the windows whose first stack needs a frame
+      that is gone are not valid); None otherwise.
 
     Items are numbered column by column: item `column * add_batch_size + row` is the window
     of row `row` that starts at time index `column * period`.
@@ -66,6 +70,11 @@ class PrioritisedTrajectoryBufferState(AbstractTrajectoryState):
     max_priority: Float[Array, "*shards"] = eqx.field(metadata=PER_DEVICE)
     grid: Grid = eqx.field(static=True)
     strict: bool = eqx.field(static=True)
+    frame_stack: FrameStackState | None = eqx.field(default=None, metadata=ROWS)
+
+    @property
+    def _frame_stack(self) -> FrameStackState | None:
+        return self.frame_stack
 
     @property
     def valid(self) -> Bool[Array, " items"]:
@@ -124,6 +133,7 @@ class PrioritisedTrajectoryBuffer(
     episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
     boundary: Boundary = eqx.field(static=True)
     sharding: NamedSharding | None = eqx.field(static=True)
+    frame_stack: FrameStack | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -139,6 +149,7 @@ class PrioritisedTrajectoryBuffer(
         episode_end: Callable[[PyTree], Any] | None = None,
         boundary: Boundary = "ignore",
         sharding: NamedSharding | None = None,
+        frame_stack: FrameStack | None = None,
     ):
         """**Arguments:** those of `TrajectoryBuffer`, and
 
@@ -167,7 +178,7 @@ class PrioritisedTrajectoryBuffer(
         config = grid_config(config, handles=True)
         donate = donate_flag(donate_state)
         episodes = Episodes(episode_end, boundary)
-        self._configure(config, episodes, donate, sharding)
+        self._configure(config, episodes, donate, sharding, frame_stack)
 
     @property
     def _generations(self) -> int:
@@ -192,6 +203,9 @@ class PrioritisedTrajectoryBuffer(
             max_priority=jnp.array(1.0, jnp.float32),
             grid=self._grid,
             strict=self._episodes.strict,
+            frame_stack=None
+            if self.frame_stack is None
+            else self.frame_stack.empty(self.add_batch_size, self.max_length_time_axis),
         )
 
     def _written(
@@ -203,6 +217,9 @@ class PrioritisedTrajectoryBuffer(
         priorities, generation = update_items(
             state.priorities, state.generation, state.max_priority, self._grid, write
         )
+        priorities, generation = drop_incomplete(
+            self.frame_stack, priorities, generation, self._grid, write
+        )
         assert generation is not None
         return PrioritisedTrajectoryBufferState(
             experience,
@@ -213,6 +230,7 @@ class PrioritisedTrajectoryBuffer(
             state.max_priority,
             state.grid,
             state.strict,
+            written_frames(write),
         )
 
     def _has_windows(self, state: PrioritisedTrajectoryBufferState) -> Bool[Array, ""]:
@@ -299,6 +317,7 @@ class PrioritisedTrajectoryBuffer(
             max_priority,
             state.grid,
             state.strict,
+            state.frame_stack,
         )
 
     def _local_handles(
@@ -338,6 +357,7 @@ def make_prioritised_trajectory_buffer(
     episode_end: Callable[[PyTree], Any] | None = None,
     boundary: Boundary = "ignore",
     sharding: NamedSharding | None = None,
+    frame_stack: FrameStack | None = None,
 ) -> PrioritisedTrajectoryBuffer:
     """Makes a `PrioritisedTrajectoryBuffer`; the arguments are those of its constructor and
     of Flashbax's `make_prioritised_trajectory_buffer`.
@@ -360,6 +380,7 @@ def make_prioritised_trajectory_buffer(
         episode_end=episode_end,
         boundary=boundary,
         sharding=sharding,
+        frame_stack=frame_stack,
     )
 
 

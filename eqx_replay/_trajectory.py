@@ -15,6 +15,7 @@ from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectorySt
 from ._config import donate_flag, grid_config, trajectory_config
 from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episodes import Boundary, Episodes
+from ._frames import drop_incomplete, FrameStack, FrameStackState, written_frames
 from ._random import below
 from ._sum_tree import SumTree
 from ._windows import Drawn, Grid, item_windows, update_items, Write
@@ -36,6 +37,36 @@ class TrajectoryBufferState(AbstractTrajectoryState):
     current_index: Int[Array, ""] = eqx.field(metadata=REPLICATED)
     is_full: Bool[Array, ""] = eqx.field(metadata=REPLICATED)
 
+    @property
+    def _frame_stack(self) -> None:
+        return None
+
+
+@jaxtyped(typechecker=beartype)
+class FrameStackedTrajectoryBufferState(AbstractTrajectoryState):
+    """The state of a trajectory or flat buffer built with `frame_stack`: the fields of a
+    `TrajectoryBufferState`, the stacked observation stored as its newest frame, and one
+    more field.
+
+    **Fields:**
+
+    - `experience`: as in `TrajectoryBufferState`, but the stacked observation's leaf is
+      `(add_batch, time, *frame)`: each step's newest frame only.
+    - `current_index`, `is_full`: as in `TrajectoryBufferState`.
+    - `frame_stack`: a `FrameStackState`: whether each stored step starts an episode,
+      from which the stacks are rebuilt, and the count of added stacks that broke the
+      rule (with `FrameStack(check=True)`).
+    """
+
+    experience: PyTree[Shaped[Array, "add_batch time ..."]] = eqx.field(metadata=ROWS)
+    current_index: Int[Array, ""] = eqx.field(metadata=REPLICATED)
+    is_full: Bool[Array, ""] = eqx.field(metadata=REPLICATED)
+    frame_stack: FrameStackState = eqx.field(metadata=ROWS)
+
+    @property
+    def _frame_stack(self) -> FrameStackState:
+        return self.frame_stack
+
 
 @jaxtyped(typechecker=beartype)
 class StrictTrajectoryBufferState(AbstractTrajectoryState):
@@ -51,6 +82,9 @@ class StrictTrajectoryBufferState(AbstractTrajectoryState):
       before its last step, 0 for the others.
     - `grid`: where those windows are (static): rows, steps per row, window length and
       period, so that a buffer with other windows refuses the state.
+    - `frame_stack`: with `frame_stack`, as in `FrameStackedTrajectoryBufferState`
+      (and the windows whose first stack needs a frame that is gone have weight 0);
+      None otherwise.
     """
 
     experience: PyTree[Shaped[Array, "add_batch time ..."]] = eqx.field(metadata=ROWS)
@@ -58,6 +92,11 @@ class StrictTrajectoryBufferState(AbstractTrajectoryState):
     is_full: Bool[Array, ""] = eqx.field(metadata=REPLICATED)
     windows: SumTree = eqx.field(metadata=PER_DEVICE)
     grid: Grid = eqx.field(static=True)
+    frame_stack: FrameStackState | None = eqx.field(default=None, metadata=ROWS)
+
+    @property
+    def _frame_stack(self) -> FrameStackState | None:
+        return self.frame_stack
 
 
 @jaxtyped(typechecker=beartype)
@@ -78,17 +117,27 @@ class TrajectoryBufferSample(AbstractMaskedSample):
 
 
 # The state type of a `TrajectoryBuffer`: a `StrictTrajectoryBufferState` with
-# `boundary="strict"`, a `TrajectoryBufferState` otherwise. Type checkers take the second
-# unless told (`TrajectoryBuffer[StrictTrajectoryBufferState]`), as every state was one
-# before the strict state became its own class.
+# `boundary="strict"`, a `FrameStackedTrajectoryBufferState` with `frame_stack`, a
+# `TrajectoryBufferState` otherwise. Type checkers take the last unless told
+# (`TrajectoryBuffer[StrictTrajectoryBufferState]`), as every state was one before the
+# strict state became its own class.
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as _TypeVar
 
     _S = _TypeVar(
-        "_S", TrajectoryBufferState, StrictTrajectoryBufferState, default=TrajectoryBufferState
+        "_S",
+        TrajectoryBufferState,
+        StrictTrajectoryBufferState,
+        FrameStackedTrajectoryBufferState,
+        default=TrajectoryBufferState,
     )
 else:
-    _S = TypeVar("_S", TrajectoryBufferState, StrictTrajectoryBufferState)
+    _S = TypeVar(
+        "_S",
+        TrajectoryBufferState,
+        StrictTrajectoryBufferState,
+        FrameStackedTrajectoryBufferState,
+    )
 
 
 class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
@@ -121,6 +170,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
     episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
     boundary: Boundary = eqx.field(static=True)
     sharding: NamedSharding | None = eqx.field(static=True)
+    frame_stack: FrameStack | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -135,6 +185,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         episode_end: Callable[[PyTree], Any] | None = None,
         boundary: Boundary = "ignore",
         sharding: NamedSharding | None = None,
+        frame_stack: FrameStack | None = None,
     ):
         """**Arguments:**
 
@@ -162,6 +213,12 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
             their starts lie on the grid of physical multiples of `period` (the time
             axis is rounded down to a multiple of `period`, with a warning), and
             `can_sample` is False until such a window exists.
+        - `sharding`: a `NamedSharding` that splits the rows over devices (see "Scaling
+            out" in the docs), or None.
+        - `frame_stack`: an `eqx_replay.FrameStack`, to store a stacked observation as
+            its newest frame only and rebuild the stacks when sampling (needs
+            `episode_end`); see "Frames stored once" in the docs. Windows whose first
+            stack needs a frame that is no longer stored are not drawn.
         """
         config = trajectory_config(
             add_batch_size=add_batch_size,
@@ -176,7 +233,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         episodes = Episodes(episode_end, boundary)
         if episodes.strict:
             config = grid_config(config, handles=False)
-        self._configure(config, episodes, donate, sharding)
+        self._configure(config, episodes, donate, sharding, frame_stack)
         if self._shards is not None and episodes.strict:
             raise ValueError(
                 "`TrajectoryBuffer`: `boundary='strict'` cannot be combined with `sharding` "
@@ -184,28 +241,60 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
             )
 
     def _state_type(self) -> type[_S]:
-        strict = self._episodes.strict
-        return cast(type[_S], StrictTrajectoryBufferState if strict else TrajectoryBufferState)
+        if self._episodes.strict:
+            return cast(type[_S], StrictTrajectoryBufferState)
+        if self.frame_stack is not None:
+            return cast(type[_S], FrameStackedTrajectoryBufferState)
+        return cast(type[_S], TrajectoryBufferState)
 
     def _empty(self, experience: PyTree) -> _S:
-        ring = _ring.empty(experience, self.add_batch_size, self.max_length_time_axis)
+        rows, capacity = self.add_batch_size, self.max_length_time_axis
+        ring = _ring.empty(experience, rows, capacity)
+        starts = None if self.frame_stack is None else self.frame_stack.empty(rows, capacity)
         if self._episodes.strict:
             grid = self._grid
-            return cast(_S, StrictTrajectoryBufferState(*ring, SumTree.zeros(grid.num_items), grid))
+            windows = SumTree.zeros(grid.num_items)
+            return cast(_S, StrictTrajectoryBufferState(*ring, windows, grid, starts))
+        if starts is not None:
+            return cast(_S, FrameStackedTrajectoryBufferState(*ring, starts))
         return cast(_S, TrajectoryBufferState(*ring))
 
     def _written(self, state: _S, experience: PyTree[Array], write: Write) -> _S:
         new = (experience, write.new_index, write.new_is_full)
+        if isinstance(state, FrameStackedTrajectoryBufferState):
+            kept = written_frames(write)
+            assert kept is not None
+            return cast(_S, FrameStackedTrajectoryBufferState(*new, kept))
         if not isinstance(state, StrictTrajectoryBufferState):
             return cast(_S, TrajectoryBufferState(*new))
         one = jnp.array(1.0, jnp.float32)
         windows, _ = update_items(state.windows, None, one, self._grid, write)
-        return cast(_S, StrictTrajectoryBufferState(*new, windows, state.grid))
+        windows, _ = drop_incomplete(self.frame_stack, windows, None, self._grid, write)
+        kept = written_frames(write)
+        return cast(_S, StrictTrajectoryBufferState(*new, windows, state.grid, kept))
 
     def _has_windows(self, state: _S) -> Bool[Array, ""] | None:
         if isinstance(state, StrictTrajectoryBufferState):
             return state.windows.total() > 0
+        if isinstance(state, FrameStackedTrajectoryBufferState):
+            return jnp.sum(self._stacked_windows(state)[1]) > 0
         return None
+
+    def _stacked_windows(
+        self, state: FrameStackedTrajectoryBufferState
+    ) -> tuple[Int[Array, " rows"], Int[Array, " rows"]]:
+        """With `frame_stack`, per row: how many of its oldest windows cannot be drawn
+        (their first stack needs a frame that is gone), and how many can."""
+        assert self.frame_stack is not None
+        grid = self._grid
+        skipped = self.frame_stack.skipped(
+            state.frame_stack.episode_starts, state.current_index, state.is_full
+        )
+        skipped_windows = _ring.div(skipped + grid.period - 1, grid.period)
+        windows = _ring.num_windows(
+            state.current_index, state.is_full, grid.capacity, grid.length, grid.period
+        )
+        return skipped_windows, jnp.maximum(windows - skipped_windows, 0)
 
     def _pick(
         self,
@@ -221,6 +310,17 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         if isinstance(state, StrictTrajectoryBufferState):
             items, _ = state.windows.sample(key, count)
             rows, starts = item_windows(items, grid)
+        elif isinstance(state, FrameStackedTrajectoryBufferState):
+            # Uniformly over the windows that can be drawn, whose number differs by row.
+            skipped, counts = self._stacked_windows(state)
+            ends = jnp.cumsum(counts)
+            (drawn,) = below(key, (count,), (ends[-1],))
+            rows = jnp.minimum(jnp.searchsorted(ends, drawn, side="right"), grid.rows - 1)
+            window = skipped[rows] + drawn - (ends[rows] - counts[rows])
+            starts = _ring.window_start(
+                window, state.current_index, state.is_full, grid.capacity, grid.period
+            )
+            rows = rows.astype(jnp.int32)
         else:
             windows = _ring.num_windows(
                 state.current_index, state.is_full, grid.capacity, grid.length, grid.period
@@ -252,6 +352,7 @@ def make_trajectory_buffer(
     episode_end: Callable[[PyTree], Any] | None = None,
     boundary: Boundary = "ignore",
     sharding: NamedSharding | None = None,
+    frame_stack: FrameStack | None = None,
 ) -> TrajectoryBuffer:
     """Makes a `TrajectoryBuffer`; the arguments are those of its constructor and of
     Flashbax's `make_trajectory_buffer`."""
@@ -267,4 +368,5 @@ def make_trajectory_buffer(
         episode_end=episode_end,
         boundary=boundary,
         sharding=sharding,
+        frame_stack=frame_stack,
     )

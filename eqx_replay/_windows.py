@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _ring
+from ._data import Data
 from ._sum_tree import SumTree
 
 
@@ -79,13 +80,16 @@ class Write(NamedTuple):
     """A write to the ring, as the windows' bookkeeping sees it: `steps` steps per row
     written at `current_index`, leaving the write head at `new_index` and fullness
     `new_is_full`; `ends`, the episode-end flag of every stored step after the write when
-    episode ends are enforced, `None` otherwise."""
+    episode ends are enforced, `None` otherwise; `frame_stack`, for a buffer that stores
+    frames once, what it keeps beside them after the write (`_frames.FrameStackState`),
+    `None` otherwise."""
 
     current_index: Int[Array, ""]
     steps: int
     new_index: Int[Array, ""]
     new_is_full: Bool[Array, ""]
     ends: Bool[Array, "rows capacity"] | None
+    frame_stack: Data | None = None
 
 
 def update_items(
@@ -113,7 +117,7 @@ def update_items(
     **Returns:** `(tree, generation)` after the write.
     """
     rows, capacity, length, period = grid
-    current_index, steps, new_index, new_is_full, ends = write
+    current_index, steps, new_index, new_is_full, ends, _ = write
     total = grid.num_items
     starts, real = _ring.changed_window_runs(current_index, steps, length, period, capacity)
     runs, columns = starts.shape

@@ -53,6 +53,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("eqx_replay.vault needs tensorstore: pip install 'eqx_replay[io]'") from error
 
+from ._abstract_trajectory import AbstractTrajectoryState
 from ._data import AbstractState
 from ._queue import TrajectoryQueueState
 from ._trajectory import TrajectoryBufferState
@@ -524,6 +525,13 @@ class Vault:
     def _experience(self, where: str, state: Any) -> list[Any]:
         """The leaves of a state's experience, checked against the vault's. A state is one
         of ours, or Flashbax's (a trajectory buffer's), read by its field names."""
+        if isinstance(state, AbstractTrajectoryState) and state._frame_stack is not None:
+            raise _error(
+                where,
+                "the state is a frame-stacked buffer's (`frame_stack`), which stores each "
+                "stack's newest frame and the episode starts; a vault stores whole steps in "
+                "Flashbax's format, so it cannot hold it. Save it with `eqx_replay.save_state`",
+            )
         if isinstance(state, AbstractState):
             experience = state.experience
         elif all(hasattr(state, name) for name in ("experience", "current_index", "is_full")):

@@ -120,6 +120,48 @@ def check_flat_and_queue_states_equal_unsharded():
         assert got.experience["obs"].sharding.spec[0] == "data"
 
 
+def check_frame_stacks_split_with_the_rows():
+    from reference.frames import FrameReference
+
+    mesh = meshes()["explicit"]
+    stack = eqx_replay.FrameStack(lambda step: step["obs"], 3, padding="zeros")
+    config: dict[str, Any] = dict(TRAJECTORY, episode_end=lambda step: step["done"])
+    config["frame_stack"] = stack
+    example = {"obs": jnp.zeros((3, 2), jnp.int32), "done": jnp.array(False), "id": jnp.int32(0)}
+    ours = eqx_replay.make_trajectory_buffer(**config, sharding=rows_sharding(mesh))
+    plain = eqx_replay.make_trajectory_buffer(**config)
+    weighted = eqx_replay.make_prioritised_trajectory_buffer(**config, sharding=rows_sharding(mesh))
+    ref = FrameReference(16, 20, 4, 2, 3, "zeros")
+    rng = np.random.default_rng(0)
+    state, reference, weighted_state = (
+        ours.init(example),
+        plain.init(example),
+        weighted.init(example),
+    )
+    for i, steps in enumerate([3, 1, 7, 5, 9, 2, 6]):
+        first = ref.added
+        frames = (1 + first + np.arange(steps))[None, :, None] + 100 * np.arange(16)[:, None, None]
+        frames = np.broadcast_to(frames, (16, steps, 2)).astype(np.int32)
+        done = rng.random((16, steps)) < 0.2
+        stacks = ref.add(frames, done)
+        ids = (1000 * np.arange(16)[:, None] + first + np.arange(steps)).astype(np.int32)
+        added = {"obs": jnp.asarray(stacks), "done": jnp.asarray(done), "id": jnp.asarray(ids)}
+        state, reference = ours.add(state, added), plain.add(reference, added)
+        weighted_state = weighted.add(weighted_state, added)
+        assert leaves_equal(state, reference), i
+        assert state.frame_stack.episode_starts.sharding.spec[0] == "data"
+        pairs: list[tuple[Any, Any]] = [(ours, state), (weighted, weighted_state)]
+        for buffer, buffer_state in pairs:
+            if not bool(buffer.can_sample(buffer_state)):
+                continue
+            sample = buffer.sample(buffer_state, jr.key(i)).experience
+            for obs, id_ in zip(np.asarray(sample["obs"]), np.asarray(sample["id"])):
+                row, g = divmod(int(id_[0]), 1000)
+                assert ref.stack_complete(row, g), (i, row, g)
+                for t in range(4):
+                    np.testing.assert_array_equal(obs[t], ref.stack(row, g + t))
+
+
 def prioritised(mesh, **changes):
     config: dict[str, Any] = dict(TRAJECTORY, **changes)
     return eqx_replay.make_prioritised_trajectory_buffer(**config, sharding=rows_sharding(mesh))

@@ -95,3 +95,9 @@ def test_lowered_programs_tiny(tmp_path):
     for program in ["| trajectory strict add | one device |", "| mixer set_priorities |"]:
         assert program in table
     assert "| prioritised flat sample | sharded over 4 devices |" in table
+
+
+def test_frame_stack_tiny(tmp_path):
+    table = run("frame_stack", tmp_path)
+    for row in ["uniform add 128×1", "uniform sample 256", "prioritised add 8×1", "peak resident"]:
+        assert row in table

@@ -12,7 +12,7 @@ import eqx_replay
 from eqx_replay._data import AbstractState, field_roles, REPLICATED, ROWS
 
 
-EXAMPLE = {"obs": jnp.zeros(3), "done": jnp.zeros((), bool)}
+EXAMPLE = {"obs": jnp.zeros(3), "done": jnp.zeros((), bool)}  # obs: 3 scalar frames when stacked
 BUFFERS = {
     "trajectory": eqx_replay.make_trajectory_buffer(2, 2, 2, 1, 2, max_length_time_axis=8),
     "strict": eqx_replay.make_trajectory_buffer(
@@ -22,13 +22,27 @@ BUFFERS = {
         2, 2, 2, 1, 2, max_length_time_axis=8
     ),
     "queue": eqx_replay.make_trajectory_queue(8, 2, 1, 2),
+    "frame_stacked": eqx_replay.make_trajectory_buffer(
+        2,
+        2,
+        2,
+        1,
+        2,
+        max_length_time_axis=8,
+        episode_end=lambda s: s["done"],
+        frame_stack=eqx_replay.FrameStack(lambda s: s["obs"], 3),
+    ),
 }
 # The role of each field under sharding: split with the rows, the same on every device, or
 # one per device (a prioritised buffer's own sum tree on each device).
 ROLES = {
     "trajectory": dict(experience="rows", current_index="replicated", is_full="replicated"),
     "strict": dict(
-        experience="rows", current_index="replicated", is_full="replicated", windows="per_device"
+        experience="rows",
+        current_index="replicated",
+        is_full="replicated",
+        windows="per_device",
+        frame_stack="rows",
     ),
     "prioritised": dict(
         experience="rows",
@@ -37,6 +51,7 @@ ROLES = {
         priorities="per_device",
         generation="per_device",
         max_priority="per_device",
+        frame_stack="rows",
     ),
     "queue": dict(
         experience="rows",
@@ -44,6 +59,9 @@ ROLES = {
         read_index="replicated",
         is_full="replicated",
         refused_adds="replicated",
+    ),
+    "frame_stacked": dict(
+        experience="rows", current_index="replicated", is_full="replicated", frame_stack="rows"
     ),
 }
 
@@ -76,7 +94,9 @@ def test_the_strict_state_is_its_own_final_class():
     strict = eqx_replay.StrictTrajectoryBufferState
     assert not issubclass(strict, eqx_replay.TrajectoryBufferState)
     fields = [f.name for f in dataclasses.fields(strict)]
-    assert fields == ["experience", "current_index", "is_full", "windows", "grid"]
+    # Flashbax's three fields first, in its order; `frame_stack` (None unless the buffer
+    # stores frames once) last, so that positional construction keeps working.
+    assert fields == ["experience", "current_index", "is_full", "windows", "grid", "frame_stack"]
 
 
 def test_public_names_are_the_ones_listed():

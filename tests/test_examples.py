@@ -24,6 +24,20 @@ EXPECTED = {
 }
 
 
+def test_atari_frames_example_runs_tiny():
+    # Real Breakout frames, a small buffer: every sampled stack is the environment's.
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "atari_frames.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "sampled stacks equal to the environment's: 10,240 of 10,240" in lines
+    assert any(line.startswith("buffer memory: ") for line in lines)
+
+
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script):
     result = subprocess.run(
