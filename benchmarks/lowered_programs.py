@@ -37,6 +37,14 @@ def _end(step: Any) -> Any:
     return step["done"]
 
 
+def _obs(step: Any) -> Any:
+    return step["obs"]
+
+
+# `obs` read as a stack of 4 scalar frames, for the buffers that store frames once.
+FRAMES = er.FrameStack(_obs, 4)
+
+
 def steps(*leading: int) -> Any:
     """A batch of the example with leading axes `leading`."""
     return jax.tree.map(lambda x: jnp.zeros((*leading, *x.shape), x.dtype), example())
@@ -61,6 +69,12 @@ def programs(sharding: NamedSharding | None) -> dict[str, Callable[[], Any]]:
         er.make_prioritised_flat_buffer(64, 8, 8, add_batch_size=8, sharding=sharding),
         steps(8),
     )
+    frames: dict[str, Any] = dict(episode_end=_end, frame_stack=FRAMES, sharding=sharding)
+    kinds["trajectory, frames"] = (
+        er.make_trajectory_buffer(8, 8, 3, 1, 3, max_length_time_axis=32, **frames),
+        steps(8, 5),
+    )
+    kinds["flat, frames"] = (er.make_flat_buffer(64, 8, 8, add_batch_size=8, **frames), steps(8))
     queue = er.make_trajectory_queue(32, 8, 2, 3, sharding=sharding)
     if sharding is None:
         for boundary in ("mask", "strict"):
@@ -76,6 +90,26 @@ def programs(sharding: NamedSharding | None) -> dict[str, Callable[[], Any]]:
                 ),
                 steps(8, 5),
             )
+        frames = dict(episode_end=_end, frame_stack=FRAMES)
+        kinds["trajectory strict, frames"] = (
+            er.make_trajectory_buffer(
+                8, 8, 3, 2, 3, max_length_time_axis=32, boundary="strict", **frames
+            ),
+            steps(8, 5),
+        )
+        kinds["prioritised, frames"] = (
+            er.make_prioritised_trajectory_buffer(8, 8, 3, 2, 3, max_length_time_axis=32, **frames),
+            steps(8, 5),
+        )
+        kinds["prioritised flat, frames"] = (
+            er.make_prioritised_flat_buffer(64, 8, 8, add_batch_size=8, **frames),
+            steps(8),
+        )
+        checked: dict[str, Any] = dict(frames, frame_stack=er.FrameStack(_obs, 4, check=True))
+        kinds["flat, frames checked"] = (
+            er.make_flat_buffer(64, 8, 8, add_batch_size=8, **checked),
+            steps(8),
+        )
         kinds["flat, sequences"] = (er.make_flat_buffer(64, 8, 8, add_sequences=True), steps(3))
         kinds["item"] = (er.make_item_buffer(64, 8, 8, add_batches=True), steps(5))
         kinds["prioritised item"] = (

@@ -441,7 +441,9 @@ def check_frame_stack(
     period grid whose first stack is complete, whatever the episodes. A window starting
     `size - 1` steps or more after the oldest stored step always is, and some grid start
     lies among any `period` consecutive steps, so `length + size - 2 + period` steps
-    suffice (and fewer do not, for some write head and stream)."""
+    suffice. (On the physical grid of the strict and prioritised buffers, fewer do not, for
+    some write head and a stream without episode ends; the uniform buffers' grid could do
+    with up to `period - 1` fewer, but one rule for all is simpler to state.)"""
     if frame_stack is None:
         return None
     if not isinstance(frame_stack, FrameStack):

@@ -95,6 +95,8 @@ def test_lowered_programs_tiny(tmp_path):
     for program in ["| trajectory strict add | one device |", "| mixer set_priorities |"]:
         assert program in table
     assert "| prioritised flat sample | sharded over 4 devices |" in table
+    assert "| flat, frames add | sharded over 4 devices |" in table
+    assert "| prioritised, frames set_priorities | one device |" in table
 
 
 def test_frame_stack_tiny(tmp_path):
