@@ -27,7 +27,6 @@ step can. The start flags keep what it takes to know it: an oldest stored step w
 flag is set starts an episode, though the step before it is gone.
 """
 
-import math
 import operator
 from collections.abc import Callable
 from typing import Any, cast, get_args, Literal
@@ -174,20 +173,19 @@ class FrameStack(eqx.Module):
             )
         return picked
 
-    def _stack_axis(self, where: str, shape: tuple[int, ...], lead: int, what: str) -> int:
-        """The stack axis of an observation of `shape` with `lead` leading axes, checked."""
-        ndim = len(shape) - lead
-        if not -ndim <= self.axis < ndim:
+    def _stack_axis(self, where: str, shape: tuple[int, ...], what: str) -> int:
+        """The stack axis of one stacked observation of `shape`, checked."""
+        if not -len(shape) <= self.axis < len(shape):
             raise ValueError(
                 f"`{where}`: `frame_stack.axis={self.axis}` is not an axis of the stacked "
-                f"observation of {what}, of shape {shape_str(shape[lead:])}"
+                f"observation of {what}, of shape {shape_str(shape)}"
             )
-        axis = self.axis % ndim
-        if shape[lead + axis] != self.size:
+        axis = self.axis % len(shape)
+        if shape[axis] != self.size:
             raise ValueError(
-                f"`{where}`: the stacked observation of {what} has shape "
-                f"{shape_str(shape[lead:])}; expected {self.size} frames along axis "
-                f"{self.axis} (`frame_stack.size={self.size}`)"
+                f"`{where}`: the stacked observation of {what} has shape {shape_str(shape)}; "
+                f"expected {self.size} frames along axis {self.axis} "
+                f"(`frame_stack.size={self.size}`)"
             )
         return axis
 
@@ -196,7 +194,7 @@ class FrameStack(eqx.Module):
         only its shape and dtype are used)."""
         obs = self._pick(where, example, "the example")
         shape = tuple(jnp.shape(obs))
-        axis = self._stack_axis(where, shape, 0, "the example")
+        axis = self._stack_axis(where, shape, "the example")
         frame = jnp.zeros(shape[:axis] + shape[axis + 1 :], jnp.result_type(obs))
         return eqx.tree_at(self.where, example, frame)
 
@@ -519,8 +517,3 @@ def drop_incomplete(
         value = tree.leaves(first, rows)
         tree = tree.set_leaves(first, jnp.where(drop, jnp.zeros((), value.dtype), value))
     return tree, generation
-
-
-def frame_bytes(frames: Array) -> int:
-    """The bytes of one stored frame."""
-    return math.prod(frames.shape[2:]) * frames.dtype.itemsize

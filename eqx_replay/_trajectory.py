@@ -250,13 +250,13 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
     def _empty(self, experience: PyTree) -> _S:
         rows, capacity = self.add_batch_size, self.max_length_time_axis
         ring = _ring.empty(experience, rows, capacity)
-        starts = None if self.frame_stack is None else self.frame_stack.empty(rows, capacity)
+        kept = None if self.frame_stack is None else self.frame_stack.empty(rows, capacity)
         if self._episodes.strict:
             grid = self._grid
             windows = SumTree.zeros(grid.num_items)
-            return cast(_S, StrictTrajectoryBufferState(*ring, windows, grid, starts))
-        if starts is not None:
-            return cast(_S, FrameStackedTrajectoryBufferState(*ring, starts))
+            return cast(_S, StrictTrajectoryBufferState(*ring, windows, grid, kept))
+        if kept is not None:
+            return cast(_S, FrameStackedTrajectoryBufferState(*ring, kept))
         return cast(_S, TrajectoryBufferState(*ring))
 
     def _written(self, state: _S, experience: PyTree[Array], write: Write) -> _S:
