@@ -45,3 +45,12 @@ def test_composing_example_updates_the_buffer_in_place():
     assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(batch))
     assert isinstance(new.buffer_state, eqx_replay.TrajectoryBufferState)
     assert int(new.buffer_state.current_index) == 11
+
+
+def test_frames_stored_once_example_builds_the_buffer_it_describes():
+    namespace: dict = {}
+    exec(python_block("Frames stored once"), namespace)
+    buffer = namespace["buffer"]
+    assert buffer.frame_stack.size == 4 and buffer.frame_stack.padding == "first"
+    # 8 environments, one row each, of 125,000 steps: 1,000,000 transitions.
+    assert buffer.buffer.max_length_time_axis * buffer.add_batch_size == 1_000_000
