@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -41,7 +42,7 @@ from jaxtyping import PyTree
 from ._base import AbstractBuffer
 from ._checks import check_example
 from ._checksums_v1 import checksum_list
-from ._frames import FrameStack
+from ._frames import FrameStack, FrameStackState
 from ._jit import _deleted
 from ._sharding import Shards, state_specs
 
@@ -90,7 +91,12 @@ def _setting(value: object) -> object:
     if callable(value):
         return "a function"
     if isinstance(value, FrameStack):
-        return {"size": value.size, "axis": value.axis, "padding": value.padding}
+        return {
+            "size": value.size,
+            "axis": value.axis,
+            "padding": value.padding,
+            "check": value.check,
+        }
     return repr(value)
 
 
@@ -592,6 +598,43 @@ def _check_version_1(
     )
 
 
+def _layout(setting: object) -> object:
+    """A configuration setting without what a loaded state is adapted to: a
+    `FrameStack`'s `check` (see `_checked_as`)."""
+    if isinstance(setting, dict) and "check" in setting:
+        return {key: value for key, value in setting.items() if key != "check"}
+    return setting
+
+
+def _checked_as(state: PyTree, check: bool) -> PyTree:
+    """A frame-stacked state whose `frame_stack.mismatches` is as a `FrameStack` with
+    `check` keeps it: counts (zeros where there were none), or None."""
+    kept = getattr(state, "frame_stack", None)
+    if not isinstance(kept, FrameStackState) or (kept.mismatches is not None) == check:
+        return state
+    starts = kept.episode_starts
+    rows = starts.shape[0]
+    if isinstance(starts, jax.ShapeDtypeStruct):  # placed by `_placements` when read
+        mismatches = jax.ShapeDtypeStruct((rows,), jnp.int32)
+    else:  # split over the rows as `episode_starts` is
+        placement = starts.sharding
+        if isinstance(placement, NamedSharding):
+            placement = NamedSharding(placement.mesh, PartitionSpec(*placement.spec[:1]))
+        mismatches = jax.device_put(jnp.zeros((rows,), jnp.int32), placement)
+    return eqx.tree_at(  # no constructor: `expected` holds `jax.ShapeDtypeStruct`s
+        lambda s: s.frame_stack.mismatches,
+        state,
+        mismatches if check else None,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def _saved_check(description: dict[str, Any]) -> bool | None:
+    """The `check` of a saved frame-stacked buffer's `FrameStack` (None without one)."""
+    setting = description["configuration"].get("frame_stack")
+    return bool(setting.get("check", False)) if isinstance(setting, dict) else None
+
+
 def _compare(where: str, description: dict[str, Any], buffer: AbstractBuffer) -> None:
     kind = type(buffer).__name__
     if description["kind"] != kind:
@@ -601,7 +644,7 @@ def _compare(where: str, description: dict[str, Any], buffer: AbstractBuffer) ->
         )
     saved, own = description["configuration"], _configuration(buffer)
     for name in sorted(set(saved) | set(own)):
-        if saved.get(name) != own.get(name):
+        if _layout(saved.get(name)) != _layout(own.get(name)):
             raise ValueError(
                 f"`{where}`: the checkpoint's {kind} has another configuration: {name}: "
                 f"saved {saved.get(name)!r}, buffer {own.get(name)!r}"
@@ -690,6 +733,10 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
     )
     check_example(where, example)
     expected = jax.eval_shape(buffer.init, example)
+    own_check = _saved_check({"configuration": _configuration(buffer)})
+    saved_check = _saved_check(description)
+    if saved_check is not None:  # the state as saved; adapted to this buffer once read
+        expected = _checked_as(expected, saved_check)
     leaves_with_paths, structure = jtu.tree_flatten_with_path(expected)
     saved = description["leaves"]
     saved_names = [leaf.get("path") for leaf in saved]
@@ -743,4 +790,6 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
         _check_version_1(where, path, buffer, names, state, description["checksums"])
     else:
         _check_digests(where, path, names, leaves, description["digests"])
+    if own_check is not None:
+        state = _checked_as(state, own_check)
     return state

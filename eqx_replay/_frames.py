@@ -69,14 +69,15 @@ class FrameStackState(Data):
     - `episode_starts`: whether each stored step starts an episode: the row's first step
       ever, or the step after one whose `episode_end` is true. The stacks are rebuilt from
       the frames of each step's own episode.
-    - `mismatches`: per row, how many added steps had a stack that differs from the one
-      the buffer rebuilds for them (counted with `FrameStack(..., check=True)`; zero
-      otherwise). Nonzero means that the stream breaks the rule the stacks are rebuilt
-      by (see `FrameStack`): a wrong `axis`, `padding` or `episode_end`, most often.
+    - `mismatches`: with `FrameStack(..., check=True)`, per row, how many added steps had
+      a stack that differs from the one the buffer rebuilds for them; None without
+      `check` (a leaf that would always hold zeros costs every `add` its dispatch).
+      Nonzero means that the stream breaks the rule the stacks are rebuilt by (see
+      `FrameStack`): a wrong `axis`, `padding` or `episode_end`, most often.
     """
 
     episode_starts: Bool[Array, "add_batch time"]
-    mismatches: Int[Array, " add_batch"]
+    mismatches: Int[Array, " add_batch"] | None
 
 
 class FrameStack(eqx.Module):
@@ -101,9 +102,11 @@ class FrameStack(eqx.Module):
         `VecFrameStack`, Dopamine).
     - `check`: whether `add` compares every added stack with the one the buffer will
         rebuild for it, and counts those that differ, per row, in the state
-        (`state.frame_stack.mismatches`). It reads every added frame, so an add costs
-        about what storing whole stacks costs: turn it on while wiring up an environment
-        and in tests, off for speed.
+        (`state.frame_stack.mismatches`, None without `check`). It reads every added
+        frame, so an add costs about what storing whole stacks costs: turn it on while
+        wiring up an environment and in tests, off for speed. A checkpoint saved with one
+        setting loads into a buffer with the other (the counts are dropped, or start at
+        zero).
 
     The stream must follow the rule the stacks are rebuilt by: within an episode, stack
     `t`'s older frames are stack `t - 1`'s newer ones, and before the episode's first step
@@ -256,6 +259,7 @@ class FrameStack(eqx.Module):
             batch,
             starts,
         )
+        assert state.mismatches is not None
         return written, FrameStackState(flags, state.mismatches + mismatches)
 
     def _mismatches(
@@ -289,7 +293,8 @@ class FrameStack(eqx.Module):
 
     def empty(self, rows: int, capacity: int) -> FrameStackState:
         """The state of an empty buffer's frames."""
-        return FrameStackState(jnp.zeros((rows, capacity), bool), jnp.zeros((rows,), jnp.int32))
+        mismatches = jnp.zeros((rows,), jnp.int32) if self.check else None
+        return FrameStackState(jnp.zeros((rows, capacity), bool), mismatches)
 
     def _batch_starts(
         self,

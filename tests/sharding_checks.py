@@ -160,6 +160,22 @@ def check_frame_stacks_split_with_the_rows():
                 assert ref.stack_complete(row, g), (i, row, g)
                 for t in range(4):
                     np.testing.assert_array_equal(obs[t], ref.stack(row, g + t))
+    # A checkpoint saved without `check` loads into a sharded buffer with it: the counts
+    # start at zero, split with the rows as `init` would split them.
+    import tempfile
+
+    checked = eqx_replay.make_trajectory_buffer(
+        **dict(
+            config, frame_stack=eqx_replay.FrameStack(stack.where, 3, padding="zeros", check=True)
+        ),
+        sharding=rows_sharding(mesh),
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        eqx_replay.save_state(directory + "/ckpt", ours, state)
+        loaded = eqx_replay.load_state(directory + "/ckpt", checked, example)
+    counts = loaded.frame_stack.mismatches
+    assert counts.sharding.spec[0] == "data" and not np.asarray(counts).any()
+    assert counts.sharding == checked.init(example).frame_stack.mismatches.sharding
 
 
 def prioritised(mesh, **changes):

@@ -387,6 +387,25 @@ def test_frame_stacked_states_save_load_and_compose(tmp_path: Any) -> None:
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), loaded, state))
     again = buffer.sample(loaded, jax.random.key(3))
     np.testing.assert_array_equal(again.experience["obs"], sample.experience["obs"])
+    # Without `check` the state keeps no counts; a checkpoint loads into a buffer with
+    # `check`, which counts from zero, and back.
+    assert state.frame_stack.mismatches is None
+    checked = dataclasses.replace(
+        buffer, frame_stack=er.FrameStack(_obs, 3, axis=-1, padding="zeros", check=True)
+    )
+    counting = er.load_state(tmp_path / "ckpt", checked, example)
+    np.testing.assert_array_equal(counting.frame_stack.mismatches, [0, 0])
+    np.testing.assert_array_equal(
+        counting.frame_stack.episode_starts, state.frame_stack.episode_starts
+    )
+    bad = jax.tree.map(jnp.asarray, _chunk(ref, rng, 3, np.int32))
+    bad["obs"] = bad["obs"].at[1, 2].add(1)  # row 1's last stack breaks the rule
+    counting = checked.add(counting, bad)
+    np.testing.assert_array_equal(counting.frame_stack.mismatches, [0, 1])
+    er.save_state(tmp_path / "counted", checked, counting)
+    plain = er.load_state(tmp_path / "counted", buffer, example)
+    assert plain.frame_stack.mismatches is None
+    assert plain.current_index == counting.current_index
     # A buffer with other stacks refuses the checkpoint.
     other = dataclasses.replace(buffer, frame_stack=er.FrameStack(_obs, 3, axis=-1))
     with pytest.raises(ValueError, match="frame_stack"):
