@@ -19,6 +19,7 @@ from ._flat import (
     TransitionSample as TransitionSample,
 )
 from ._frames import FrameStack as FrameStack, FrameStackState as FrameStackState
+from ._future import FutureSample as FutureSample
 from ._item import (
     ItemBuffer as ItemBuffer,
     ItemBufferSample as ItemBufferSample,
@@ -69,6 +70,7 @@ __all__ = [
     "FrameStack",
     "FrameStackedTrajectoryBufferState",
     "FrameStackState",
+    "FutureSample",
     "importance_weights",
     "ItemBuffer",
     "ItemBufferSample",

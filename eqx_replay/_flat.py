@@ -18,7 +18,7 @@ of what `add` takes, in Flashbax's four modes:
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, TYPE_CHECKING, TypeVar
+from typing import Any, cast, NamedTuple, TYPE_CHECKING, TypeVar
 
 import equinox as eqx
 import jax
@@ -26,18 +26,30 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from beartype import beartype
 from jax.sharding import NamedSharding
-from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import (
+    Array,
+    ArrayLike,
+    Bool,
+    Float,
+    Int,
+    jaxtyped,
+    PRNGKeyArray,
+    PyTree,
+    Shaped,
+)
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
-from ._checks import Axis, check_leading
+from ._checks import Axis, check_key, check_leading
 from ._config import check_exponent, donate_flag, flat_config, TrajectoryConfig
 from ._data import AbstractSample
 from ._episodes import Episodes
 from ._frames import check_frame_stack, FrameStack
+from ._future import check_discount, draw_future, future_sample, FutureSample
+from ._jit import compiled_method
 from ._layered import AbstractLayeredBuffer, AbstractLayeredPrioritisedBuffer
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
-from ._sharding import quietly, shard_config
+from ._sharding import quietly, shard_config, sharded_sample
 from ._trajectory import (
     FrameStackedTrajectoryBufferState,
     TrajectoryBuffer,
@@ -131,6 +143,23 @@ def _read_pairs(buffer: Any, experience: PyTree[Array], drawn: Drawn) -> Experie
     return ExperiencePair(
         jtu.tree_unflatten(structure, first), jtu.tree_unflatten(structure, second)
     )
+
+
+def _steps(
+    buffer: Any, state: AbstractTrajectoryState, rows: Int[Array, " n"], times: Int[Array, " n"]
+) -> PyTree[Array]:
+    """The steps at physical `times` of `rows` (with `frame_stack`, their stacks rebuilt),
+    each leaf gathered into an array of its own."""
+    frames = buffer.frame_stack
+    if frames is None:
+        return _ring.read_steps(state.experience, rows, times)
+    kept = state._frame_stack
+    assert kept is not None
+    stored = frames.where(state.experience)
+    placeholder = jnp.zeros(stored.shape[:2] + (0,), stored.dtype)
+    steps = _ring.read_steps(eqx.tree_at(frames.where, state.experience, placeholder), rows, times)
+    at, pad = frames.locate(kept.episode_starts, rows, times, 1)
+    return eqx.tree_at(frames.where, steps, frames.gather(stored, rows, at[:, 0], pad[:, 0]))
 
 
 _State = TypeVar("_State", bound=AbstractTrajectoryState)
@@ -303,6 +332,81 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
         with replacement; `experience.first` and `.second` have leaves `(count, ...)`."""
         drawn = self.buffer._choose(where, state, key, count)
         return drawn.ok, TransitionSample(_pairs(self.buffer, state, drawn))
+
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
+    @compiled_method(static=("discount",))
+    def sample_future(self, state: _FS, rng_key: ArrayLike, discount: float) -> FutureSample:
+        """Draws `sample_batch_size` transitions, each with a step of its own episode's
+        future: for goals relabelled in hindsight (HER's "future" strategy) or the future
+        states of contrastive RL. Needs `episode_end`.
+
+        The transition `(first, second)` is drawn as `sample` draws it (uniformly, with
+        replacement), among the transitions whose `second` is in `first`'s episode
+        (`episode_end(first)` is false). Its episode's stored steps from `second` on are
+        `second` up to the episode's end, or up to the newest stored step while the
+        episode runs on; `future` is the `k`-th step from `first` among them (`offset =
+        k`, `k >= 1`: `k = 1` is `second`), with probability proportional to
+        `discount ** (k - 1)`. So `discount=1.0` is uniform over them (HER), and
+        `discount < 1` a geometric truncated at the episode's end (contrastive RL). An
+        unfinished episode's newest transitions have few future steps stored (the newest
+        has only `second`): recent episodes' goals lean near.
+
+        Not gated by `can_sample`: the whole sample is poison (`offset` the largest int32)
+        only when no transition qualifies.
+
+        **Arguments:**
+
+        - `state`: the current state; it is not consumed.
+        - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
+        - `discount`: a Python float in `(0, 1]`; the method is compiled once per value.
+
+        **Returns:** a `FutureSample`.
+        """
+        where = f"{type(self).__name__}.sample_future"
+        discount = check_discount(where, discount)
+        if self.episode_end is None:
+            raise ValueError(
+                f"`{where}`: needs a buffer built with `episode_end` (a function from a step "
+                "to its boolean episode-end leaf, e.g. `episode_end=lambda step: "
+                "step['done']`): a future step is one of the transition's own episode"
+            )
+        self._check_state(where, state)
+        check_key(where, rng_key)
+        key = cast(PRNGKeyArray, rng_key)
+        shards = self.buffer._shards
+        if shards is not None:
+            return sharded_sample(
+                shards,
+                self._local(),
+                where,
+                state,
+                key,
+                lambda _, sample: sample,
+                lambda local_state, local_key, count: self._local()._future(
+                    where, local_state, local_key, count, discount
+                ),
+            )
+        return self._future(where, state, key, self.sample_batch_size, discount)
+
+    def _future(
+        self, where: str, state: _FS, key: PRNGKeyArray, count: int, discount: float
+    ) -> FutureSample:
+        """`sample_future` on one device, after its checks."""
+        assert self.episode_end is not None
+        skipped = None
+        if self.frame_stack is not None:
+            kept = state._frame_stack
+            assert kept is not None
+            skipped = self.frame_stack.skipped(
+                kept.episode_starts, state.current_index, state.is_full
+            )
+        ok, drawn, offset = draw_future(
+            where, self.episode_end, state, key, count, discount, skipped
+        )
+        pair = _pairs(self.buffer, state, drawn)
+        times = _ring.rem(drawn.starts + offset, self.buffer.max_length_time_axis)
+        future = _steps(self.buffer, state, drawn.rows, times)
+        return future_sample(ok, pair.first, pair.second, future, offset)
 
 
 class PrioritisedFlatBuffer(

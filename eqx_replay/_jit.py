@@ -89,6 +89,11 @@ _T = TypeVar("_T")
 _MAX_SHARED = 64
 
 
+def _parameters(fn: Callable) -> tuple[str, ...]:
+    """A method's parameters after `self`."""
+    return tuple(inspect.signature(fn).parameters)[1:]
+
+
 @ft.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
@@ -202,8 +207,10 @@ class CompiledMethod(Generic[_B, _P, _R]):
         fn: Callable[Concatenate[_B, _P], _R],
         *,
         donates_state: bool,
+        static: tuple[str, ...] = (),
     ):
         self._fn = fn
+        self._static = static
         self._checked = jaxtyped(typechecker=beartype)(fn)
         # Under jaxtyping's import hook `fn` is itself wrapped: unwrap it for the trace that
         # lets the method's own checks speak.
@@ -221,8 +228,15 @@ class CompiledMethod(Generic[_B, _P, _R]):
         where = f"{type(buffer).__name__}.{self._fn.__name__}"
         checked, unchecked = self._checked, self._unchecked
 
+        positions = [i for i, name in enumerate(_parameters(self._fn)) if name in self._static]
+
         def traced(*args: Any, **kwargs: Any) -> Any:
+            # Static arguments (Python values) pass as they are.
+            fixed = {i: args[i] for i in positions if i < len(args)}
+            fixed_kw = {name: kwargs.pop(name) for name in self._static if name in kwargs}
             args, kwargs = lax.stop_gradient(_strongly_typed((args, kwargs)))
+            args = tuple(fixed.get(i, arg) for i, arg in enumerate(args))
+            kwargs = {**kwargs, **fixed_kw}
             try:
                 return checked(buffer, *args, **kwargs)
             except TypeCheckError:
@@ -232,10 +246,15 @@ class CompiledMethod(Generic[_B, _P, _R]):
         # JAX names arguments in its errors after the method's own parameters.
         traced.__name__, traced.__qualname__ = self._fn.__name__, where
         traced.__signature__ = inspect.signature(ft.partial(self._fn, buffer))  # pyright: ignore[reportFunctionMemberAccess] # read by `inspect.signature`
-        jitted = jax.jit(traced, donate_argnums=0 if donate else ())
-
         signature = traced.__signature__
         names = tuple(signature.parameters)
+        static = self._static
+        jitted = jax.jit(
+            traced,
+            donate_argnums=0 if donate else (),
+            static_argnums=tuple(positions),
+            static_argnames=static,
+        )
         # A donated array of several devices crashes the process when passed again (JAX
         # 0.10, CPU) instead of raising: a sharded buffer checks before calling (a few
         # microseconds per call; an unsharded one finds out from JAX's error, at no cost).
@@ -256,6 +275,12 @@ class CompiledMethod(Generic[_B, _P, _R]):
                     raise _devices_error(where, names, args, error, mesh) from error
                 if "donate the same buffer twice" in str(error):
                     raise _aliased_error(where, names, args) from error
+                if static and "Non-hashable static arguments" in str(error):
+                    raise TypeError(
+                        f"`{where}`: {', '.join(f'`{n}`' for n in static)} must be a Python "
+                        "number (static: the method is compiled once per value), not an "
+                        "array"
+                    ) from None
                 raise
             except TypeError:
                 # Arguments that do not fit the method: JAX says only "too many positional
@@ -312,7 +337,7 @@ class CompiledMethod(Generic[_B, _P, _R]):
 
 
 def compiled_method(
-    *, donates_state: bool = False
+    *, donates_state: bool = False, static: tuple[str, ...] = ()
 ) -> Callable[[Callable[Concatenate[_B, _P], _R]], CompiledMethod[_B, _P, _R]]:
     """Decorates a buffer method `fn(self, state, *args)` so that it runs compiled.
 
@@ -320,12 +345,14 @@ def compiled_method(
 
     - `donates_state`: whether the state's buffers are donated to the result (an in-place
       update) when the buffer's `donate_state` is true.
+    - `static`: the names of parameters that are Python values, not arrays (compiled once
+      per value).
 
     The method's jaxtyping annotations are checked while it is traced, never per call; its
     arguments are data (no gradient flows through them).
     """
 
     def decorator(fn: Callable[Concatenate[_B, _P], _R]) -> CompiledMethod[_B, _P, _R]:
-        return CompiledMethod(fn, donates_state=donates_state)
+        return CompiledMethod(fn, donates_state=donates_state, static=static)
 
     return decorator

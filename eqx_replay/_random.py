@@ -129,11 +129,20 @@ def scale(
 
 
 def below(
-    key: PRNGKeyArray, shape: tuple[int, ...], bounds: tuple[Int[ArrayLike, ""], ...]
+    key: PRNGKeyArray,
+    shape: tuple[int, ...],
+    bounds: tuple[Int[ArrayLike, ""], ...],
+    materialised: bool = False,
 ) -> tuple[Int[Array, "..."], ...]:
     """For each bound `n`, independent integers uniform in `[0, n)` of the given shape (all
-    zeros where `n == 0`), from a single draw of random bits."""
-    words = bits(key, (len(bounds), 2, *shape))
+    zeros where `n == 0`), from a single draw of random bits.
+
+    `materialised`: the bits are drawn by `jax.random.bits` (the same bits), whose loop XLA
+    does not fuse into the integers' uses. Straight-line bits are fused into each use, and
+    hashed again in each: for integers used several times (as indices of several gathers),
+    the loop is the cheaper."""
+    shape_all = (len(bounds), 2, *shape)
+    words = jr.bits(key, shape_all, jnp.uint32) if materialised else bits(key, shape_all)
     return tuple(
         scale(high_word, low_word, jnp.asarray(bound).astype(jnp.uint32)).astype(jnp.int32)
         for (high_word, low_word), bound in zip(words, bounds)

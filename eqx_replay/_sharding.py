@@ -240,16 +240,21 @@ def sharded_sample(
     state: Any,
     key: Any,
     finish: Callable[[Any, Any], Any],
+    local_draw: Callable[[Any, Any, int], Any] | None = None,
 ) -> Any:
     """Inside `sample` (after its checks): each device draws `sample_batch_size / n` items
     from its rows with its own key, poisoned unless it can be sampled, then `finish(local
-    state, sample)`; the sample is the devices' samples in device order."""
+    state, sample)`; the sample is the devices' samples in device order. `local_draw(state,
+    key, count)`, when given, draws a device's poisoned sample instead of `sample`'s."""
     specs = state_specs(shards, state)
 
     def draw(state: Any, key: Any) -> Any:
         state = to_local(state)
         count = local_buffer.sample_batch_size
-        sample = poison_sample(*local_buffer._draw(where, state, device_key(shards, key), count))
+        key = device_key(shards, key)
+        if local_draw is not None:
+            return finish(state, local_draw(state, key, count))
+        sample = poison_sample(*local_buffer._draw(where, state, key, count))
         return finish(state, sample)
 
     return run(

@@ -251,6 +251,40 @@ def check_each_device_samples_only_its_rows():
             ).all()
 
 
+def check_sample_future_draws_each_device_s_own_episodes():
+    mesh = meshes()["explicit"]
+    rows, steps = 16, 12
+    config: dict[str, Any] = dict(
+        max_length=rows * 16,
+        min_length=2,
+        sample_batch_size=32,
+        add_sequences=True,
+        add_batch_size=rows,
+        episode_end=lambda step: step["step"] // 1000 % 4 == 3,  # every 4th step ends one
+    )
+    ours = eqx_replay.make_flat_buffer(**config, sharding=rows_sharding(mesh))
+    plain = eqx_replay.make_flat_buffer(**config)
+    state, reference = ours.init(EXAMPLE), plain.init(EXAMPLE)
+    for i in range(2):
+        state, reference = (
+            ours.add(state, batch(rows, steps, i)),
+            plain.add(reference, batch(rows, steps, i)),
+        )
+    sample = ours.sample_future(state, jr.key(0), 1.0)
+    first, future = sample.first["step"], sample.future["step"]
+    placed = sample.offset.sharding
+    assert isinstance(placed, NamedSharding) and placed.spec[0] == "data"
+    assert first.sharding.spec[0] == "data"
+    for shard in first.addressable_shards:
+        device = mesh.devices.tolist().index(shard.device)
+        assert set((np.asarray(shard.data) % 1000).tolist()) <= {2 * device, 2 * device + 1}
+    first, future, offset = np.asarray(first), np.asarray(future), np.asarray(sample.offset)
+    np.testing.assert_array_equal(future, first + 1000 * offset)
+    t_first, t_future = first // 1000, future // 1000
+    assert (t_first % 4 != 3).all() and (t_future // 4 == t_first // 4).all()
+    np.testing.assert_array_equal(np.asarray(sample.second["step"]), first + 1000)
+
+
 def chi_square_p(observed: np.ndarray, expected: np.ndarray) -> float:
     from math import erfc, sqrt
 

@@ -1,0 +1,221 @@
+"""Future steps of a transition's own episode: `FlatBuffer.sample_future`, for goals
+relabelled in hindsight (HER) and the future states of contrastive RL.
+
+A row's stored steps are numbered logically from its oldest, `0 .. n - 1`. A transition is
+the pair of steps `(p, p + 1)`; it *qualifies* when step `p + 1` is in step `p`'s episode
+(`episode_end` is false at `p`) and, with `frame_stack`, step `p`'s stack is complete. Its
+episode's stored steps from `second` on are `p + 1 .. p + m`: up to and including the
+first episode end at or after `p + 1`, or up to the newest stored step when the episode
+has not ended. The future is step `p + k`, `1 <= k <= m`, drawn with probability
+proportional to `discount ** (k - 1)`.
+
+Cost. Nothing here reads the whole ring in the common case:
+
+- the transition is drawn by rejection, exactly: `_TRIES` pairs per draw, each uniform
+  over all pairs as `sample` draws one, of which the first that qualifies is kept (so it
+  is uniform over those that do). Draws for which none of them does are made from the list
+  of every qualifying transition, which reads every stored step's `episode_end`, in a loop
+  that runs only then (as when no transition qualifies, or nearly none);
+- `m` is found from the episode-end flags read as blocks from `second` on: `_NEAR` flags
+  at once, then `_FAR` at a time in a loop, until every draw has found its episode's end
+  (no loop iteration when episodes end within `_NEAR` steps of `second`).
+
+`benchmarks/episodes.py` measures it against `sample`.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree, Shaped
+
+from . import _ring
+from ._abstract_trajectory import AbstractTrajectoryState
+from ._control import run_if
+from ._data import Data
+from ._episodes import episode_ends
+from ._guard import poison_unless
+from ._random import below, split, uniform
+from ._windows import Drawn
+
+
+# Transitions tried per draw before the draws still rejected are made from the list of
+# qualifying transitions; the episode-end flags read at first, and then per round, in the
+# search for the episodes' ends.
+_TRIES = 4
+_NEAR = 64
+_FAR = 128
+
+
+class FutureSample(Data):
+    """A batch of transitions from a flat buffer, each with a step of its own episode's
+    future (`FlatBuffer.sample_future`).
+
+    **Fields:**
+
+    - `first`, `second`: the transition, as in `TransitionSample.experience`: the example's
+      pytree with leaves `(sample_batch, ...)`; `second` is in `first`'s episode.
+    - `future`: a stored step of the same episode at or after `second`, leaves
+      `(sample_batch, ...)`.
+    - `offset`: `(sample_batch,)` int32, the number of steps from `first` to `future`: 1
+      when `future` is `second`.
+
+    When no transition qualifies, every leaf is poison (NaN, the largest integer, True),
+    `offset` included.
+    """
+
+    first: PyTree[Shaped[Array, "sample_batch ..."]]
+    second: PyTree[Shaped[Array, "sample_batch ..."]]
+    future: PyTree[Shaped[Array, "sample_batch ..."]]
+    offset: Int[Array, " sample_batch"]
+
+
+def check_discount(where: str, discount: object) -> float:
+    """`discount`, a Python float in `(0, 1]`, or a clear error."""
+    if isinstance(discount, bool) or not isinstance(discount, (int, float)):
+        raise TypeError(
+            f"`{where}`: `discount` must be a Python float in (0, 1] (static: the method is "
+            f"compiled once per value); got {type(discount).__name__}"
+        )
+    if not (0.0 < float(discount) <= 1.0):
+        raise ValueError(f"`{where}`: `discount` must be in (0, 1]; got {discount!r}")
+    return float(discount)
+
+
+def _first_true(
+    flags: Bool[Array, "rows capacity"],
+    rows: Int[Array, " samples"],
+    starts: Int[Array, " samples"],
+    width: int,
+) -> Int[Array, " samples"]:
+    """For each sample, the first `i < width` with `flags` true at physical time
+    `starts + i` (wrapping around the ring; `width <= capacity`) of its row, or `width`
+    when there is none. Read as blocks of `width` flags, which XLA gathers far faster on
+    the CPU than single flags, with no copy of `flags`: a block that would run past the
+    end is read from `capacity - width` (as the gather clamps it), and its wrapped part
+    from time 0."""
+    capacity = flags.shape[1]
+    numbers = lax.GatherDimensionNumbers(
+        offset_dims=(1,), collapsed_slice_dims=(0,), start_index_map=(0, 1)
+    )
+
+    def block(at: Array) -> Array:
+        where = jnp.stack([rows, at], axis=1)
+        return lax.gather(flags, where, numbers, (1, width), mode=lax.GatherScatterMode.CLIP)
+
+    shift = jnp.maximum(starts - (capacity - width), 0)[:, None]  # > 0 when it wraps
+    j = jnp.arange(width, dtype=jnp.int32)
+    tail = jnp.where(block(starts) & (j >= shift), j - shift, width)
+    head = jnp.where(block(jnp.zeros_like(starts)) & (j < shift), j + width - shift, width)
+    return jnp.minimum(jnp.min(tail, axis=1), jnp.min(head, axis=1))
+
+
+def draw_future(
+    where: str,
+    episode_end: Callable[[PyTree], Any],
+    state: AbstractTrajectoryState,
+    key: PRNGKeyArray,
+    count: int,
+    discount: float,
+    skipped: Int[Array, " rows"] | None,
+) -> tuple[Bool[Array, ""], Drawn, Int[Array, " samples"]]:
+    """Where `count` qualifying transitions and their futures are.
+
+    **Arguments:** the flat buffer's `episode_end` and state; `skipped`, per row, how many
+    of its oldest steps cannot be a transition's `first` (their stacks are incomplete), or
+    None.
+
+    **Returns:** `(ok, drawn, offset)`: whether some transition qualifies; the rows and the
+    physical times of the transitions' `first` steps; and each future's offset from
+    `first`.
+    """
+    storage, current_index, is_full = state.experience, state.current_index, state.is_full
+    rows, capacity = jtu.tree_leaves(storage)[0].shape[:2]
+    ends = episode_ends(where, episode_end, storage, (rows, capacity), "the stored steps")
+    oldest = jnp.where(is_full, current_index, 0)
+    stored = jnp.where(is_full, capacity, current_index)
+    pairs = jnp.maximum(stored - 1, 0)
+    lowest = jnp.zeros((rows,), jnp.int32) if skipped is None else skipped
+    # The keys made once, before they are used: XLA would otherwise fuse the hash that
+    # derives a key into every random number drawn from it (~400 us for a few thousand).
+    keys = lax.optimization_barrier(split(key, 3))
+
+    # Rejection: `_TRIES` transitions per draw, uniform over all pairs; the first that
+    # qualifies is uniform over those that do.
+    # (Made before they are used, as the keys are: fused into their uses, every use would
+    # hash again.)
+    p_try, row_try = below(keys[0], (_TRIES, count), (pairs, rows), materialised=True)
+    time_try = _ring.rem(oldest + p_try, capacity)
+    good = (p_try >= lowest[row_try]) & (p_try < pairs) & ~ends[row_try, time_try]
+    pick = jnp.argmax(good, axis=0)[None]
+    row = jnp.take_along_axis(row_try, pick, axis=0)[0]
+    p = jnp.take_along_axis(p_try, pick, axis=0)[0]
+    accepted = jnp.any(good, axis=0)
+
+    # The draws still rejected, made from the list of every qualifying transition.
+    def exactly(carry: tuple) -> tuple:
+        # Through the barrier, what follows depends on the loop's carry: XLA would
+        # otherwise hoist this whole-ring work out of the loop, to run on every call.
+        (row, p, _), base = lax.optimization_barrier((carry, oldest))
+        logical = jnp.arange(capacity, dtype=jnp.int32)
+        in_order = jnp.take(ends, _ring.rem(base + logical, capacity), axis=1)
+        good = (logical >= lowest[:, None]) & (logical < pairs) & ~in_order
+        running = jnp.cumsum(good.reshape(-1), dtype=jnp.int32)
+        (drawn,) = below(keys[1], (count,), (running[-1],))
+        item = jnp.searchsorted(running, drawn, side="right").astype(jnp.int32)
+        item_row, item_p = jnp.divmod(jnp.minimum(item, rows * capacity - 1), capacity)
+        return (
+            jnp.where(accepted, row, item_row),
+            jnp.where(accepted, p, item_p),
+            running[-1] > 0,
+        )
+
+    row, p, ok = run_if(~jnp.all(accepted), exactly, (row, p, jnp.array(True)))
+
+    # m: the episode's stored steps from `second` on: the first `_NEAR` flags read at
+    # once, and, for the draws whose episode runs on past them, `_FAR` at a time.
+    def search(first: Array, width: int, m: Array) -> Array:
+        ahead = p + 1 + first  # logical
+        first_end = _first_true(ends, row, _ring.rem(oldest + ahead, capacity), width)
+        first_last = jnp.minimum(first_end, jnp.maximum(stored - 1 - ahead, 0))
+        return jnp.where((m == 0) & (first_last < width), first + first_last + 1, m)
+
+    near, far = min(_NEAR, capacity), min(_FAR, capacity)
+    m = search(jnp.int32(0), near, jnp.zeros((count,), jnp.int32))
+    _, m = lax.while_loop(
+        lambda c: (c[0] < capacity) & jnp.any(c[1] == 0),
+        lambda c: (c[0] + far, search(c[0], far, c[1])),
+        (jnp.int32(near), m),
+    )
+    m = jnp.maximum(m, 1)
+    offset = _offsets(keys[2], m, discount)
+    first_times = _ring.rem(oldest + p, capacity)
+    return ok, Drawn(row, first_times, ok), offset
+
+
+def _offsets(key: PRNGKeyArray, m: Int[Array, " samples"], discount: float) -> Array:
+    """`k` in `1 .. m` with probability proportional to `discount ** (k - 1)`, by the
+    inverse of its distribution function."""
+    u = uniform(key, m.shape)
+    if discount == 1.0:
+        k = jnp.floor(u * m.astype(jnp.float32)).astype(jnp.int32) + 1
+    else:
+        log_d = math.log(discount)
+        tail = -jnp.expm1(m.astype(jnp.float32) * log_d)  # 1 - discount ** m
+        k = jnp.ceil(jnp.log1p(-u * tail) / log_d).astype(jnp.int32)
+    return jnp.clip(k, 1, m)
+
+
+def future_sample(
+    ok: Bool[Array, ""],
+    first: PyTree[Array],
+    second: PyTree[Array],
+    future: PyTree[Array],
+    offset: Int[Array, " samples"],
+) -> FutureSample:
+    """The sample, poisoned unless `ok`."""
+    first, second, future, offset = poison_unless(ok, (first, second, future, offset))
+    return FutureSample(first, second, future, offset)
