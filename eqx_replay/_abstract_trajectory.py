@@ -21,6 +21,7 @@ from typing import Any, cast, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
@@ -306,6 +307,18 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         prioritised buffer, also whether some window has a positive priority."""
         where = f"{type(self).__name__}.can_sample"
         return per_buffer(where, state, self._check_state, self._can_sample)
+
+    @compiled_method()
+    def size(self, state: _State) -> Int[Array, "*batch"]:
+        """The number of steps stored now, summed over the rows: `add_batch_size` times the
+        steps of a row (`max_length_time_axis` once the ring has wrapped). A state with
+        batch axes in front (from `jax.pmap(buffer.add)`) gets one number per buffer."""
+        where = f"{type(self).__name__}.size"
+        return per_buffer(where, state, self._check_state, self._size)
+
+    def _size(self, state: _State) -> Int[Array, ""]:
+        steps = jnp.where(state.is_full, self.max_length_time_axis, state.current_index)
+        return self.add_batch_size * steps.astype(jnp.int32)
 
     def _can_sample(self, state: _State) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)

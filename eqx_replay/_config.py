@@ -128,6 +128,7 @@ def trajectory_config(
     else:
         capacity = positive_int("max_length_time_axis", max_length_time_axis)
     check_time_axis(capacity, INT32_MAX // 2, "a ring's index arithmetic reaches 2 x the time axis")
+    check_total(rows, capacity)
     if length > capacity:
         raise ValueError(
             f"`sample_sequence_length` ({length}) must be <= the time axis "
@@ -185,6 +186,16 @@ def check_time_axis(capacity: int, limit: int, why: str) -> None:
         raise ValueError(
             f"the time axis (`max_length_time_axis`, or `max_size // add_batch_size`) is "
             f"{capacity} steps per row; at most {limit} are allowed, since {why} in int32"
+        )
+
+
+def check_total(rows: int, capacity: int) -> None:
+    """Refuses a buffer whose steps in all (`size`) would overflow int32."""
+    if rows * capacity > INT32_MAX:
+        raise ValueError(
+            f"the buffer holds {rows * capacity} steps (`add_batch_size` {rows} x the time "
+            f"axis {capacity}); at most {INT32_MAX} are allowed, since `size` counts them "
+            "in int32"
         )
 
 
@@ -354,6 +365,7 @@ def queue_config(
     else:
         capacity = positive_int("max_length_time_axis", max_length_time_axis)
     check_time_axis(capacity, INT32_MAX // 2, "a ring's index arithmetic reaches 2 x the time axis")
+    check_total(rows, capacity)
     for name, value in (
         ("add_sequence_length", add_sequence_length),
         ("sample_sequence_length", sample_sequence_length),

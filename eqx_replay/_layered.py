@@ -15,7 +15,7 @@ from typing import Any, cast, TypeVar
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray, PyTree
 
 from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
 from ._base import AbstractPrioritisedBuffer, AbstractReplayBuffer
@@ -71,6 +71,13 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
         positive priority)."""
         where = f"{type(self).__name__}.can_sample"
         return per_buffer(where, state, self._check_state, self._can_sample)
+
+    @compiled_method()
+    def size(self, state: _State) -> Int[Array, "*batch"]:
+        """The number of steps (items, for the item buffers) stored now, summed over the
+        rows; one number per buffer for a state with batch axes in front."""
+        where = f"{type(self).__name__}.size"
+        return per_buffer(where, state, self._check_state, self.buffer._size)
 
     @compiled_method()
     def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:

@@ -217,6 +217,15 @@ class TrajectoryQueue(AbstractBuffer[TrajectoryQueueState, TrajectoryQueueSample
         return self.add_sequence_length <= self.max_length_time_axis - self._unread(state)
 
     @compiled_method()
+    def size(self, state: TrajectoryQueueState) -> Int[Array, "*batch"]:
+        """The number of unread steps stored now, summed over the rows; one number per
+        buffer for a state with batch axes in front."""
+        return per_buffer("TrajectoryQueue.size", state, self._check_state, self._size)
+
+    def _size(self, state: TrajectoryQueueState) -> Int[Array, ""]:
+        return self.add_batch_size * self._unread(state).astype(jnp.int32)
+
+    @compiled_method()
     def can_sample(self, state: TrajectoryQueueState) -> Bool[Array, "*batch"]:
         """Whether `sample_sequence_length` unread steps are stored."""
         return per_buffer("TrajectoryQueue.can_sample", state, self._check_state, self._can_sample)

@@ -102,6 +102,7 @@ def check_flat_and_queue_states_equal_unsharded():
         added = jax.tree.map(lambda x: x[:, 0], batch(16, 1, i))
         state, reference = ours.add(state, added), plain.add(reference, added)
         assert leaves_equal(state, reference), i
+        assert int(ours.size(state)) == int(plain.size(reference)) == 16 * min(i + 1, 10)
     queue: dict[str, Any] = dict(
         max_length_time_axis=12, add_batch_size=16, add_sequence_length=4, sample_sequence_length=3
     )
@@ -114,6 +115,7 @@ def check_flat_and_queue_states_equal_unsharded():
         assert leaves_equal(state, reference), ("queue add", i)
         assert bool(ours_q.can_add(state)) == bool(plain_q.can_add(reference))
         assert bool(ours_q.can_sample(state)) == bool(plain_q.can_sample(reference))
+        assert int(ours_q.size(state)) == int(plain_q.size(reference))
         (state, got), (reference, want) = ours_q.sample(state), plain_q.sample(reference)
         assert leaves_equal(state, reference), ("queue sample", i)
         assert leaves_equal(got, want), ("queue sample", i)
