@@ -59,8 +59,8 @@ def test_trajectory_buffers_count_the_steps_stored(kind: str) -> None:
 def test_flat_and_item_buffers_count_steps_and_items(prioritised: bool) -> None:
     make_flat = er.make_prioritised_flat_buffer if prioritised else er.make_flat_buffer
     make_item = er.make_prioritised_item_buffer if prioritised else er.make_item_buffer
-    flat = make_flat(max_length=8, min_length=2, sample_batch_size=2)
-    items = make_item(max_length=5, min_length=1, sample_batch_size=2, add_batches=True)
+    flat: Any = make_flat(max_length=8, min_length=2, sample_batch_size=2)
+    items: Any = make_item(max_length=5, min_length=1, sample_batch_size=2, add_batches=True)
     flat_state, item_state = flat.init(np.float32(0)), items.init(np.float32(0))
     for i in range(1, 12):
         flat_state = flat.add(flat_state, np.float32(i))
