@@ -10,6 +10,8 @@ final kind supplies only its fields and these hooks:
   bookkeeping of the windows the write changed);
 - `_has_windows(state)`: whether some window can be drawn, beyond the steps stored;
 - `_pick(state, key, count)`: where `count` drawn windows are (`_windows.Drawn`);
+- `_every_window(state)`: every window the buffer might hold, and which can be drawn (for
+  `epoch`);
 - `_sample(drawn, windows, mask)`: the kind's sample of the windows read;
 - `_sharded_sample(state, sample)`: a device's sample made the whole sample's, when sharded.
 """
@@ -31,6 +33,7 @@ from ._checks import check_batch, check_example, check_key, check_state, check_u
 from ._config import TrajectoryConfig
 from ._data import AbstractState
 from ._episodes import Boundary, Episodes
+from ._epoch import epoch
 from ._frames import check_frame_stack, FrameStack, FrameStackState
 from ._guard import poison_sample
 from ._jit import compiled_method
@@ -107,6 +110,11 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     @abc.abstractmethod
     def _pick(self, state: _State, key: PRNGKeyArray, count: int) -> Drawn:
         """Where `count` windows drawn for `sample` are (`ok` included)."""
+
+    @abc.abstractmethod
+    def _every_window(self, state: _State) -> tuple[Drawn, Bool[Array, " candidates"]]:
+        """Every window the buffer might hold (`Drawn` with handles and probabilities for a
+        prioritised kind), and which of them `sample` can draw now."""
 
     @abc.abstractmethod
     def _sample(
@@ -367,8 +375,70 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     ) -> tuple[Bool[Array, ""], _Sample]:
         """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
         drawn = self._choose(where, state, key, count)
+        return drawn.ok, self._sample_of(where, state, drawn)
+
+    def _sample_of(self, where: str, state: _State, drawn: Drawn) -> _Sample:
+        """The kind's sample of the windows `drawn`, not yet poisoned."""
         windows = self._read(state, drawn, self.sample_sequence_length, _ring.read)
-        return drawn.ok, self._sample(drawn, windows, self._episodes.mask(where, windows))
+        return self._sample(drawn, windows, self._episodes.mask(where, windows))
+
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
+    @compiled_method()
+    def epoch(self, state: _State, rng_key: ArrayLike) -> tuple[_Sample, Bool[Array, "M S"]]:
+        """Every window that `sample` can draw now, each exactly once, in a uniformly random
+        order, as `M` batches of `sample_batch_size`: an epoch over the stored data (e.g.
+        a dataset read from a Vault), for training inside `jit` or `lax.scan`. A
+        prioritised buffer's priorities are ignored: every window it can draw is there,
+        those of priority zero too.
+
+        `M = ceil(max_items / sample_batch_size)` is fixed by the configuration:
+        `max_items = add_batch_size * ((max_length_time_axis - sample_sequence_length) //
+        period + 1)`, the most windows `sample` chooses among once the ring is full.
+
+        **Arguments:**
+
+        - `state`: the current state; it is not consumed.
+        - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
+
+        **Returns:** `(sample, mask)`: the kind's sample whose leaves (the experience, and
+        a `boundary="mask"` sample's mask, a prioritised sample's `indices` and
+        `probabilities`) have a leading axis of `M` batches, and `mask`, `(M,
+        sample_batch_size)`, True for the windows, which come first, and False for the
+        padding after them, which is poison (NaN, the largest integer, True; its `indices`
+        are ignored by `set_priorities`). A prioritised sample's `indices` are the
+        windows' handles and its `probabilities` those `sample` would draw them with.
+        """
+        where = f"{type(self).__name__}.epoch"
+        return self._epoch(where, state, rng_key, self._sample_of)
+
+    def _epoch(
+        self,
+        where: str,
+        state: _State,
+        key: ArrayLike,
+        sample_of: Callable[[str, _State, Drawn], Any],
+    ) -> Any:
+        """`epoch`, whose sample is `sample_of(where, state, drawn)` (the flat and item
+        kinds make their own)."""
+        self._check_state(where, state)
+        check_key(where, key)
+        if self._shards is not None:
+            raise TypeError(
+                f"`{where}`: a sharded buffer has no `epoch` (it would shuffle every "
+                "device's windows together); call it on each device's rows, or on a state "
+                "loaded unsharded"
+            )
+        grid = self._grid
+        windows = grid.rows * ((grid.capacity - grid.length) // grid.period + 1)
+        every, eligible = self._every_window(state)
+        return epoch(
+            cast(PRNGKeyArray, key),
+            every,
+            eligible,
+            windows,
+            self.sample_batch_size,
+            lambda drawn: sample_of(where, state, drawn),
+        )
 
     def _read(
         self,

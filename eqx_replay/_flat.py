@@ -29,7 +29,6 @@ from jax.sharding import NamedSharding
 from jaxtyping import (
     Array,
     ArrayLike,
-    Bool,
     Float,
     Int,
     jaxtyped,
@@ -325,13 +324,10 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
             frame_stack=frame_stack,
         )
 
-    def _draw(
-        self, where: str, state: _FS, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], TransitionSample]:
-        """Pairs `(first, second)` of consecutive steps, uniformly over all stored pairs,
-        with replacement; `experience.first` and `.second` have leaves `(count, ...)`."""
-        drawn = self.buffer._choose(where, state, key, count)
-        return drawn.ok, TransitionSample(_pairs(self.buffer, state, drawn))
+    def _sample_of(self, where: str, state: _FS, drawn: Drawn) -> TransitionSample:
+        """The pairs `(first, second)` of consecutive steps drawn (uniformly over all
+        stored pairs, with replacement, by `sample`)."""
+        return TransitionSample(_pairs(self.buffer, state, drawn))
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
     @compiled_method(static=("discount",))
@@ -464,14 +460,13 @@ class PrioritisedFlatBuffer(
             frame_stack=frame_stack,
         )
 
-    def _draw(
-        self, where: str, state: PrioritisedTrajectoryBufferState, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], PrioritisedTransitionSample]:
-        """Transitions drawn in proportion to priority (stratified, as in
-        `PrioritisedTrajectoryBuffer.sample`)."""
-        drawn = self.buffer._choose(where, state, key, count)
+    def _sample_of(
+        self, where: str, state: PrioritisedTrajectoryBufferState, drawn: Drawn
+    ) -> PrioritisedTransitionSample:
+        """The transitions drawn (in proportion to priority, stratified, by `sample`, as
+        in `PrioritisedTrajectoryBuffer.sample`)."""
         assert drawn.indices is not None and drawn.probabilities is not None
-        return drawn.ok, PrioritisedTransitionSample(
+        return PrioritisedTransitionSample(
             _pairs(self.buffer, state, drawn), drawn.indices, drawn.probabilities
         )
 

@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 from beartype import beartype
-from jaxtyping import Array, Bool, Float, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, Float, Int, jaxtyped, PyTree, Shaped
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
@@ -153,12 +153,11 @@ class ItemBuffer(AbstractItemBuffer[TrajectoryBufferState, ItemBufferSample]):
         config = self._trajectory_config()
         self.buffer = TrajectoryBuffer(**config._asdict(), donate_state=self.donate_state)
 
-    def _draw(
-        self, where: str, state: TrajectoryBufferState, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], ItemBufferSample]:
-        """Items drawn uniformly with replacement: leaves `(count, ...)`."""
-        drawn = self.buffer._choose(where, state, key, count)
-        return drawn.ok, ItemBufferSample(self._items(state, drawn))
+    def _sample_of(
+        self, where: str, state: TrajectoryBufferState, drawn: Drawn
+    ) -> ItemBufferSample:
+        """The items drawn (uniformly with replacement, by `sample`)."""
+        return ItemBufferSample(self._items(state, drawn))
 
 
 class PrioritisedItemBuffer(
@@ -201,14 +200,13 @@ class PrioritisedItemBuffer(
             donate_state=self.donate_state,
         )
 
-    def _draw(
-        self, where: str, state: PrioritisedTrajectoryBufferState, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], PrioritisedItemBufferSample]:
-        """Items drawn in proportion to priority (stratified, as in
+    def _sample_of(
+        self, where: str, state: PrioritisedTrajectoryBufferState, drawn: Drawn
+    ) -> PrioritisedItemBufferSample:
+        """The items drawn (in proportion to priority, stratified, by `sample`, as in
         `PrioritisedTrajectoryBuffer.sample`)."""
-        drawn = self.buffer._choose(where, state, key, count)
         assert drawn.indices is not None and drawn.probabilities is not None
-        return drawn.ok, PrioritisedItemBufferSample(
+        return PrioritisedItemBufferSample(
             self._items(state, drawn), drawn.indices, drawn.probabilities
         )
 

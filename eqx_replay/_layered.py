@@ -24,6 +24,7 @@ from ._guard import poison_sample
 from ._jit import compiled_method
 from ._prioritised import PrioritisedTrajectoryBuffer, PrioritisedTrajectoryBufferState
 from ._sharding import sharded_sample
+from ._windows import Drawn
 
 
 _State = TypeVar("_State", bound=AbstractTrajectoryState)
@@ -92,15 +93,37 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
             return sharded_sample(shards, self._local(), where, state, key, finish)
         return poison_sample(*self._draw(where, state, key, self.sample_batch_size))
 
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
+    @compiled_method()
+    def epoch(self, state: _State, rng_key: ArrayLike) -> tuple[_Sample, Bool[Array, "M S"]]:
+        """Every item that `sample` can draw now (a transition, for the flat buffers), each
+        exactly once, in a uniformly random order, as `M` batches of `sample_batch_size`,
+        priorities ignored (see `TrajectoryBuffer.epoch`). `M = ceil(max_items /
+        sample_batch_size)`, where `max_items` is the most items a full buffer holds: `rows
+        x (time axis - 1)` transitions for a flat buffer, `max_length` items for an item
+        buffer.
+
+        **Returns:** `(sample, mask)`: the kind's sample with a leading axis of `M` batches
+        on every leaf, and `mask`, `(M, sample_batch_size)`, True for the items (first) and
+        False for the padding after them, which is poison.
+        """
+        where = f"{type(self).__name__}.epoch"
+        return self.buffer._epoch(where, state, rng_key, self._sample_of)
+
+    def _draw(
+        self, where: str, state: _State, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], _Sample]:
+        """`count` items, not yet poisoned, and whether the buffer could be sampled."""
+        drawn = self.buffer._choose(where, state, key, count)
+        return drawn.ok, self._sample_of(where, state, drawn)
+
     @abc.abstractmethod
     def _local(self: _Kind) -> _Kind:
         """The buffer each device runs on its own rows when the buffer is sharded."""
 
     @abc.abstractmethod
-    def _draw(
-        self, where: str, state: _State, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], _Sample]:
-        """`count` items, not yet poisoned, and whether the buffer could be sampled."""
+    def _sample_of(self, where: str, state: _State, drawn: Drawn) -> _Sample:
+        """The kind's sample of the items `drawn`, not yet poisoned."""
 
 
 class AbstractLayeredPrioritisedBuffer(

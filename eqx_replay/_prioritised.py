@@ -255,6 +255,24 @@ class PrioritisedTrajectoryBuffer(
         indices = number * grid.num_items + items
         return Drawn(rows, starts, ok, indices, jnp.where(ok, probabilities, 0.0))
 
+    def _every_window(
+        self, state: PrioritisedTrajectoryBufferState
+    ) -> tuple[Drawn, Bool[Array, " candidates"]]:
+        """Every item, drawable while its window is valid (whatever its priority), with its
+        handle and the probability `sample` would draw it with."""
+        grid = self._grid
+        items = jnp.arange(grid.num_items, dtype=jnp.int32)
+        rows, starts = item_windows(items, grid)
+        valid = is_valid(state.generation)
+        number = window_number(state.generation) % self._generations
+        total = state.priorities.total()
+        probabilities = jnp.where(
+            total > 0, state.priorities.get(items) / jnp.where(total > 0, total, 1.0), 0.0
+        )
+        return Drawn(
+            rows, starts, jnp.any(valid), number * grid.num_items + items, probabilities
+        ), valid
+
     def _sample(
         self, drawn: Drawn, windows: PyTree[Array], mask: Bool[Array, "samples length"] | None
     ) -> PrioritisedTrajectoryBufferSample:

@@ -331,6 +331,32 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
             )
         return Drawn(rows, starts, self._can_sample(state))
 
+    def _every_window(self, state: _S) -> tuple[Drawn, Bool[Array, " candidates"]]:
+        """With `boundary="strict"`, every item of the physical grid, allowed when its
+        weight is positive; otherwise every window of the logical grid from the oldest
+        stored step (as `_pick` numbers them), drawable while it is stored (and with
+        `frame_stack`, its first stack complete)."""
+        grid = self._grid
+        if isinstance(state, StrictTrajectoryBufferState):
+            items = jnp.arange(grid.num_items, dtype=jnp.int32)
+            rows, starts = item_windows(items, grid)
+            allowed = state.windows.get(items) > 0
+            return Drawn(rows, starts, jnp.any(allowed)), allowed
+        per_row = (grid.capacity - grid.length) // grid.period + 1
+        window, rows = jnp.divmod(jnp.arange(per_row * grid.rows, dtype=jnp.int32), grid.rows)
+        if isinstance(state, FrameStackedTrajectoryBufferState):
+            skipped, counts = self._stacked_windows(state)
+            eligible = (window >= skipped[rows]) & (window < skipped[rows] + counts[rows])
+        else:
+            windows = _ring.num_windows(
+                state.current_index, state.is_full, grid.capacity, grid.length, grid.period
+            )
+            eligible = window < windows
+        starts = _ring.window_start(
+            window, state.current_index, state.is_full, grid.capacity, grid.period
+        )
+        return Drawn(rows, starts, jnp.any(eligible)), eligible
+
     def _sample(
         self, drawn: Drawn, windows: PyTree[Array], mask: Bool[Array, "samples length"] | None
     ) -> TrajectoryBufferSample:

@@ -253,6 +253,18 @@ def check_each_device_samples_only_its_rows():
             ).all()
 
 
+def check_epoch_is_refused_clearly():
+    buffer = eqx_replay.make_trajectory_buffer(
+        **TRAJECTORY, sharding=rows_sharding(meshes()["explicit"])
+    )
+    try:
+        buffer.epoch(filled(buffer), jr.key(0))
+    except TypeError as error:
+        assert "`TrajectoryBuffer.epoch`: a sharded buffer has no `epoch`" in str(error), error
+    else:
+        raise AssertionError("a sharded epoch was not refused")
+
+
 def check_sample_future_draws_each_device_s_own_episodes():
     mesh = meshes()["explicit"]
     rows, steps = 16, 12
