@@ -8,15 +8,20 @@ import equinox as eqx
 import jax.numpy as jnp
 from beartype import beartype
 from jax.sharding import NamedSharding
-from jaxtyping import Array, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryBuffer, AbstractTrajectoryState
+from ._checks import check_key
 from ._config import donate_flag, grid_config, trajectory_config
 from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
+from ._episode_starts import draw_episode_starts, episode_mask
 from ._episodes import Boundary, Episodes
 from ._frames import drop_incomplete, FrameStack, FrameStackState, written_frames
+from ._guard import poison_sample
+from ._jit import compiled_method
 from ._random import below
+from ._sharding import sharded_sample
 from ._sum_tree import SumTree
 from ._windows import Drawn, Grid, item_windows, update_items, Write
 
@@ -330,6 +335,73 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
                 window, state.current_index, state.is_full, grid.capacity, grid.period
             )
         return Drawn(rows, starts, self._can_sample(state))
+
+    # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
+    @compiled_method()
+    def sample_episodes(self, state: _S, rng_key: ArrayLike) -> TrajectoryBufferSample:
+        """Draws `sample_batch_size` whole episodes: windows of `sample_sequence_length`
+        steps, each starting at the first step of an episode drawn uniformly, with
+        replacement, among the episodes whose first step is still stored. Needs
+        `episode_end`; works with every `boundary`.
+
+        A stored step is an episode's first step when it is its row's first step ever, or
+        when the step before it is stored and ended an episode; the oldest stored step of
+        a row that has wrapped is not one, since the step before it is gone (the state
+        is Flashbax's, which keeps no more).
+
+        The sample's `mask` is True exactly where the window's step belongs to the
+        episode and is stored: up to and including the episode's end, and not past the
+        newest stored step of an episode still running. Longer episodes are cut at the
+        window's length; what the masked-out steps hold is unspecified.
+
+        Not gated by `can_sample`: the whole sample is poison (the mask too) only when no
+        episode's first step is stored. Each call reads every stored step's episode end
+        once (to count the episodes' first steps), so it costs more than `sample` in
+        buffers much larger than the sample (see `benchmarks/episodes.py`).
+
+        **Arguments:**
+
+        - `state`: the current state; it is not consumed.
+        - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
+
+        **Returns:** a `TrajectoryBufferSample` with experience leaves
+        `(sample_batch_size, sample_sequence_length, ...)` and its `mask`.
+        """
+        where = f"{type(self).__name__}.sample_episodes"
+        if self.episode_end is None:
+            raise ValueError(
+                f"`{where}`: needs a buffer built with `episode_end` (a function from a step "
+                "to its boolean episode-end leaf, e.g. `episode_end=lambda step: "
+                "step['done']`): episodes are told apart by their ends"
+            )
+        self._check_state(where, state)
+        check_key(where, rng_key)
+        key = cast(PRNGKeyArray, rng_key)
+        shards = self._shards
+        if shards is not None:
+            return sharded_sample(
+                shards,
+                self._local(),
+                where,
+                state,
+                key,
+                lambda _, sample: sample,
+                lambda local_state, local_key, count: self._local()._episodes_drawn(
+                    where, local_state, local_key, count
+                ),
+            )
+        return self._episodes_drawn(where, state, key, self.sample_batch_size)
+
+    def _episodes_drawn(
+        self, where: str, state: _S, key: PRNGKeyArray, count: int
+    ) -> TrajectoryBufferSample:
+        """`sample_episodes` on one device, after its checks: the sample, poisoned when no
+        episode's first step is stored."""
+        assert self.episode_end is not None
+        drawn = draw_episode_starts(where, self.episode_end, state, key, count)
+        windows = self._read(state, drawn, self.sample_sequence_length, _ring.read)
+        mask = episode_mask(where, self.episode_end, windows, drawn, state)
+        return poison_sample(drawn.ok, TrajectoryBufferSample(windows, mask))
 
     def _every_window(self, state: _S) -> tuple[Drawn, Bool[Array, " candidates"]]:
         """With `boundary="strict"`, every item of the physical grid, allowed when its

@@ -253,6 +253,24 @@ def check_each_device_samples_only_its_rows():
             ).all()
 
 
+def check_sample_episodes_draws_each_device_s_own_episodes():
+    mesh = meshes()["explicit"]
+    config: dict[str, Any] = dict(
+        TRAJECTORY, episode_end=lambda step: step["step"] // 1000 % 4 == 3, boundary="mask"
+    )
+    ours = eqx_replay.make_trajectory_buffer(**config, sharding=rows_sharding(mesh))
+    sample = ours.sample_episodes(filled(ours), jr.key(0))
+    steps = sample.experience["step"]
+    assert steps.sharding.spec[0] == "data"
+    for shard in steps.addressable_shards:
+        device = mesh.devices.tolist().index(shard.device)
+        assert set((np.asarray(shard.data) % 1000).ravel()) <= {2 * device, 2 * device + 1}
+    first = np.asarray(steps)[:, 0] // 1000
+    assert (first % 4 == 0).all()  # every window starts an episode
+    assert np.asarray(sample.mask).all()  # 4-step episodes, all stored, in 4-step windows
+    np.testing.assert_array_equal(np.diff(np.asarray(steps) // 1000, axis=1), 1)
+
+
 def check_epoch_is_refused_clearly():
     buffer = eqx_replay.make_trajectory_buffer(
         **TRAJECTORY, sharding=rows_sharding(meshes()["explicit"])

@@ -1,0 +1,89 @@
+"""Whole episodes: `TrajectoryBuffer.sample_episodes` draws windows that start at the
+first step of an episode, uniformly over the episodes whose first step is still stored.
+
+A stored step starts an episode when it is its row's first step ever, or when the step
+before it is stored and ended an episode (`episode_end`); the oldest stored step of a
+wrapped row does not, since the step before it is gone.
+
+Cost. Drawing uniformly among the starts needs their number, so every call reads the
+flags of every stored step once: it sums them by blocks of `_BLOCK` (one pass over the
+ring's episode-end leaf, a byte per step), draws an index among the starts, finds its
+block from the running sums of the blocks and its place inside the block from that
+block's flags.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
+
+from . import _ring
+from ._abstract_trajectory import AbstractTrajectoryState
+from ._episodes import episode_ends
+from ._random import below
+from ._windows import Drawn
+
+
+_BLOCK = 128
+
+
+def _running_sum(x: Int[Array, "*lead n"]) -> Int[Array, "*lead n"]:
+    """Running sums along the last axis: XLA's own (`jnp.cumsum`) is several times
+    slower on the CPU."""
+    return lax.associative_scan(jnp.add, x, axis=x.ndim - 1)
+
+
+def draw_episode_starts(
+    where: str,
+    episode_end: Callable[[PyTree], Any],
+    state: AbstractTrajectoryState,
+    key: PRNGKeyArray,
+    count: int,
+) -> Drawn:
+    """`count` episode starts drawn uniformly with replacement among those stored (`ok`:
+    whether there is one)."""
+    storage, current_index, is_full = state.experience, state.current_index, state.is_full
+    rows, capacity = jtu.tree_leaves(storage)[0].shape[:2]
+    ends = episode_ends(where, episode_end, storage, (rows, capacity), "the stored steps")
+    t = jnp.arange(capacity, dtype=jnp.int32)
+    after_end = jnp.roll(ends, 1, axis=1)  # the episode-end flag of the step before
+    starts = jnp.where(
+        is_full,
+        after_end & (t != current_index),  # the oldest stored step's predecessor is gone
+        (t < current_index) & ((t == 0) | after_end),
+    )
+    padded = -(-capacity // _BLOCK) * _BLOCK
+    blocks = jnp.pad(starts, ((0, 0), (0, padded - capacity))).reshape(-1, _BLOCK)
+    counts = jnp.sum(blocks, axis=1, dtype=jnp.int32)
+    running = _running_sum(counts)
+    total = running[-1]
+    (rank,) = below(key, (count,), (total,))
+    block = jnp.minimum(jnp.searchsorted(running, rank, side="right"), blocks.shape[0] - 1)
+    inside = rank - (running[block] - counts[block])  # the rank among the block's starts
+    flags = _running_sum(blocks[block].astype(jnp.int32))
+    place = jnp.argmax(flags > inside[:, None], axis=1).astype(jnp.int32)
+    row, time = jnp.divmod(block.astype(jnp.int32) * _BLOCK + place, padded)
+    return Drawn(row, time, total > 0)
+
+
+def episode_mask(
+    where: str,
+    episode_end: Callable[[PyTree], Any],
+    windows: PyTree[Array],
+    drawn: Drawn,
+    state: AbstractTrajectoryState,
+) -> Bool[Array, "samples length"]:
+    """For windows that start an episode: whether each step belongs to that episode (no
+    episode end before it in the window) and is stored (not past the newest step)."""
+    samples, length = jtu.tree_leaves(windows)[0].shape[:2]
+    ends = episode_ends(where, episode_end, windows, (samples, length), "the sampled windows")
+    before = jnp.cumsum(ends, axis=1, dtype=jnp.int32) - ends  # episode ends before each step
+    capacity = jtu.tree_leaves(state.experience)[0].shape[1]
+    oldest = jnp.where(state.is_full, state.current_index, 0)
+    stored = jnp.where(state.is_full, capacity, state.current_index)
+    first = _ring.rem(drawn.starts - oldest + capacity, capacity)  # logical
+    newest = stored - 1 - first  # steps from the window's first to the newest stored
+    return (before == 0) & (jnp.arange(length, dtype=jnp.int32) <= newest[:, None])
