@@ -6,34 +6,22 @@ before it is stored and ended an episode (`episode_end`); the oldest stored step
 wrapped row does not, since the step before it is gone.
 
 Cost. Drawing uniformly among the starts needs their number, so every call reads the
-flags of every stored step once: it sums them by blocks of `_BLOCK` (one pass over the
-ring's episode-end leaf, a byte per step), draws an index among the starts, finds its
-block from the running sums of the blocks and its place inside the block from that
-block's flags.
+flag of every stored step once (one pass over the ring's episode-end leaf, a byte per
+step), and draws among them with `_random.below_flagged`.
 """
 
 from collections.abc import Callable
 from typing import Any
 
-import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
 from ._episodes import episode_ends
-from ._random import below
+from ._random import below_flagged
 from ._windows import Drawn
-
-
-_BLOCK = 128
-
-
-def _running_sum(x: Int[Array, "*lead n"]) -> Int[Array, "*lead n"]:
-    """Running sums along the last axis: XLA's own (`jnp.cumsum`) is several times
-    slower on the CPU."""
-    return lax.associative_scan(jnp.add, x, axis=x.ndim - 1)
 
 
 def draw_episode_starts(
@@ -55,17 +43,7 @@ def draw_episode_starts(
         after_end & (t != current_index),  # the oldest stored step's predecessor is gone
         (t < current_index) & ((t == 0) | after_end),
     )
-    padded = -(-capacity // _BLOCK) * _BLOCK
-    blocks = jnp.pad(starts, ((0, 0), (0, padded - capacity))).reshape(-1, _BLOCK)
-    counts = jnp.sum(blocks, axis=1, dtype=jnp.int32)
-    running = _running_sum(counts)
-    total = running[-1]
-    (rank,) = below(key, (count,), (total,))
-    block = jnp.minimum(jnp.searchsorted(running, rank, side="right"), blocks.shape[0] - 1)
-    inside = rank - (running[block] - counts[block])  # the rank among the block's starts
-    flags = _running_sum(blocks[block].astype(jnp.int32))
-    place = jnp.argmax(flags > inside[:, None], axis=1).astype(jnp.int32)
-    row, time = jnp.divmod(block.astype(jnp.int32) * _BLOCK + place, padded)
+    row, time, total = below_flagged(key, starts, count)
     return Drawn(row, time, total > 0)
 
 

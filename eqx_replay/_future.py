@@ -34,18 +34,18 @@ from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree, Shaped
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
-from ._control import run_if
+from ._control import for_each_true, run_if
 from ._data import Data
 from ._episodes import episode_ends
 from ._guard import poison_unless
-from ._random import below, split, uniform
+from ._random import below, below_flagged, split, uniform
 from ._windows import Drawn
 
 
 # Transitions tried per draw before the draws still rejected are made from the list of
 # qualifying transitions; the episode-end flags read at first, and then per round, in the
 # search for the episodes' ends.
-_TRIES = 4
+_TRIES = 3
 _NEAR = 64
 _FAR = 128
 
@@ -92,25 +92,24 @@ def _first_true(
     width: int,
 ) -> Int[Array, " samples"]:
     """For each sample, the first `i < width` with `flags` true at physical time
-    `starts + i` (wrapping around the ring; `width <= capacity`) of its row, or `width`
+    `starts + i` of its row (wrapping around the ring; `width <= capacity`), or `width`
     when there is none. Read as blocks of `width` flags, which XLA gathers far faster on
-    the CPU than single flags, with no copy of `flags`: a block that would run past the
-    end is read from `capacity - width` (as the gather clamps it), and its wrapped part
-    from time 0."""
+    the CPU than single flags; the few blocks that would wrap (the gather clamps them) are
+    read again flag by flag, one loop iteration each, as `_ring.read` does."""
     capacity = flags.shape[1]
     numbers = lax.GatherDimensionNumbers(
         offset_dims=(1,), collapsed_slice_dims=(0,), start_index_map=(0, 1)
     )
-
-    def block(at: Array) -> Array:
-        where = jnp.stack([rows, at], axis=1)
-        return lax.gather(flags, where, numbers, (1, width), mode=lax.GatherScatterMode.CLIP)
-
-    shift = jnp.maximum(starts - (capacity - width), 0)[:, None]  # > 0 when it wraps
+    where = jnp.stack([rows, starts], axis=1)
+    block = lax.gather(flags, where, numbers, (1, width), mode=lax.GatherScatterMode.CLIP)
     j = jnp.arange(width, dtype=jnp.int32)
-    tail = jnp.where(block(starts) & (j >= shift), j - shift, width)
-    head = jnp.where(block(jnp.zeros_like(starts)) & (j < shift), j + width - shift, width)
-    return jnp.minimum(jnp.min(tail, axis=1), jnp.min(head, axis=1))
+    first = jnp.min(jnp.where(block, j, width), axis=1)
+
+    def reread(i: Array, first: Array) -> Array:
+        wrapped = flags[rows[i], _ring.rem(starts[i] + j, capacity)]
+        return first.at[i].set(jnp.min(jnp.where(wrapped, j, width)))
+
+    return for_each_true(starts > capacity - width, reread, first)
 
 
 def draw_future(
@@ -145,9 +144,16 @@ def draw_future(
 
     # Rejection: `_TRIES` transitions per draw, uniform over all pairs; the first that
     # qualifies is uniform over those that do.
-    # (Made before they are used, as the keys are: fused into their uses, every use would
-    # hash again.)
-    p_try, row_try = below(keys[0], (_TRIES, count), (pairs, rows), materialised=True)
+    # Drawn inside a loop (of one iteration, which XLA cannot know), whose output it does
+    # not fuse into the draws' uses: fused, every use would hash the bits again (~60 us).
+    # One index over every row's pairs per try (`rows * capacity` fits in int32, see
+    # `_config.check_total`): half the random bits of a row and a pair drawn apart.
+    (joint,) = run_if(
+        stored >= 0,
+        lambda _: below(keys[0], (_TRIES, count), (rows * pairs,)),
+        (jnp.zeros((_TRIES, count), jnp.int32),),
+    )
+    p_try, row_try = jnp.divmod(joint, rows)
     time_try = _ring.rem(oldest + p_try, capacity)
     good = (p_try >= lowest[row_try]) & (p_try < pairs) & ~ends[row_try, time_try]
     pick = jnp.argmax(good, axis=0)[None]
@@ -155,22 +161,19 @@ def draw_future(
     p = jnp.take_along_axis(p_try, pick, axis=0)[0]
     accepted = jnp.any(good, axis=0)
 
-    # The draws still rejected, made from the list of every qualifying transition.
+    # The draws still rejected, made from every qualifying transition.
     def exactly(carry: tuple) -> tuple:
         # Through the barrier, what follows depends on the loop's carry: XLA would
         # otherwise hoist this whole-ring work out of the loop, to run on every call.
         (row, p, _), base = lax.optimization_barrier((carry, oldest))
-        logical = jnp.arange(capacity, dtype=jnp.int32)
-        in_order = jnp.take(ends, _ring.rem(base + logical, capacity), axis=1)
-        good = (logical >= lowest[:, None]) & (logical < pairs) & ~in_order
-        running = jnp.cumsum(good.reshape(-1), dtype=jnp.int32)
-        (drawn,) = below(keys[1], (count,), (running[-1],))
-        item = jnp.searchsorted(running, drawn, side="right").astype(jnp.int32)
-        item_row, item_p = jnp.divmod(jnp.minimum(item, rows * capacity - 1), capacity)
+        logical = _ring.rem(jnp.arange(capacity, dtype=jnp.int32) - base + capacity, capacity)
+        good = (logical >= lowest[:, None]) & (logical < pairs) & ~ends
+        item_row, time, total = below_flagged(keys[1], good, count)
+        item_p = _ring.rem(time - base + capacity, capacity)
         return (
             jnp.where(accepted, row, item_row),
             jnp.where(accepted, p, item_p),
-            running[-1] > 0,
+            total > 0,
         )
 
     row, p, ok = run_if(~jnp.all(accepted), exactly, (row, p, jnp.array(True)))

@@ -1,5 +1,7 @@
 """The exact bounded integers behind `sample`."""
 
+from collections import Counter
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 
-from eqx_replay._random import below, bits, fold_in, scale, split, uniform
+from eqx_replay._random import below, below_flagged, bits, fold_in, scale, split, uniform
 
 
 words = st.integers(0, 2**32 - 1)
@@ -93,3 +95,14 @@ def test_split_is_jax_random_split(key, num):
 def test_split_has_no_loop():
     hlo = jax.jit(split, static_argnums=1).lower(jax.random.key(0), 3).compile().as_text()
     assert hlo is not None and " while(" not in hlo
+
+
+def test_below_flagged_draws_uniformly_among_the_flagged_cells() -> None:
+    flags = np.random.default_rng(0).random((3, 300)) < 0.05  # 300: blocks of 128 padded
+    rows, columns, total = jax.jit(below_flagged, static_argnums=2)(
+        jax.random.key(0), jnp.asarray(flags), 20_000
+    )
+    assert int(total) == flags.sum()
+    drawn = Counter(zip(np.asarray(rows).tolist(), np.asarray(columns).tolist()))
+    assert set(drawn) == set(zip(*np.nonzero(flags)))
+    assert scipy.stats.chisquare(list(drawn.values())).pvalue > 1e-4
