@@ -52,3 +52,27 @@ def test_example_runs(script):
             expected,
             result.stdout,
         )
+
+
+def test_her_bitflip_example_runs_tiny(tmp_path):
+    # Both agents train through `sample_future` and `sample`, print their figures and save
+    # their curves (the full run's figures are in its docstring and the closing notes).
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            str(EXAMPLES / "her_bitflip.py"),
+            "--tiny",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("final success rate: HER ") for line in lines), result.stdout
+    assert (tmp_path / "her_bitflip.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
