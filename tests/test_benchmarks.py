@@ -103,3 +103,9 @@ def test_frame_stack_tiny(tmp_path):
     table = run("frame_stack", tmp_path)
     for row in ["uniform add 128×1", "uniform sample 256", "prioritised add 8×1", "peak resident"]:
         assert row in table
+
+
+def test_episodes_tiny(tmp_path):
+    table = run("episodes", tmp_path)
+    for row in ["sample_future(1.0) 256", "sample_episodes 64×50", "epoch of 8,192 items"]:
+        assert row in table

@@ -185,3 +185,26 @@ def test_frame_stacked_futures_are_the_environments_stacks() -> None:
             np.testing.assert_array_equal(
                 sample.future["obs"][i], frames_ref.stack(r, g + int(offset[i]))
             )
+
+
+def test_the_guide_page_runs_as_written() -> None:
+    # docs/episodes-as-the-unit.md's Python blocks, each in a fresh namespace, print what
+    # the page says they print.
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).parent.parent / "docs" / "episodes-as-the-unit.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
+    printed = []
+    for block in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, str(page), "exec"), {})
+        printed.append(out.getvalue().splitlines())
+    assert printed == [
+        ["[(12, 13, 14), (15, 16, 17)]"],
+        ["True", "True"],
+        ["(3, 4) (3, 4)", "21.0"],
+    ]
