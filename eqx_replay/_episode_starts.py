@@ -7,7 +7,7 @@ wrapped row does not, since the step before it is gone.
 
 Cost. Drawing uniformly among the starts needs their number, so every call reads the
 flag of every stored step once (one pass over the ring's episode-end leaf, a byte per
-step), and draws among them with `_random.below_flagged`.
+step), and draws among them as `_random.below_flagged` does.
 """
 
 from collections.abc import Callable
@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
 from ._episodes import episode_ends
-from ._random import below_flagged
+from ._random import below, count_flagged, find_flagged
 from ._windows import Drawn
 
 
@@ -36,14 +36,20 @@ def draw_episode_starts(
     storage, current_index, is_full = state.experience, state.current_index, state.is_full
     rows, capacity = jtu.tree_leaves(storage)[0].shape[:2]
     ends = episode_ends(where, episode_end, storage, (rows, capacity), "the stored steps")
+    # A stored step starts an episode when the stored step before it ended one: drawn as
+    # that end, among the stored ends but the newest step's (its successor is not
+    # stored); and when the ring has not wrapped, each row's first step.
     t = jnp.arange(capacity, dtype=jnp.int32)
-    after_end = jnp.roll(ends, 1, axis=1)  # the episode-end flag of the step before
-    starts = jnp.where(
-        is_full,
-        after_end & (t != current_index),  # the oldest stored step's predecessor is gone
-        (t < current_index) & ((t == 0) | after_end),
-    )
-    row, time, total = below_flagged(key, starts, count)
+    newest = _ring.rem(current_index + capacity - 1, capacity)
+    stored = is_full | (t < current_index)
+    flagged = count_flagged(ends & stored & (t != newest))
+    firsts = jnp.where(~is_full & (current_index > 0), rows, 0)
+    total = flagged.total + firsts
+    (rank,) = below(key, (count,), (total,))
+    end_row, end = find_flagged(flagged, jnp.clip(rank, 0, jnp.maximum(flagged.total - 1, 0)))
+    first = rank >= flagged.total  # a row's first step ever
+    row = jnp.where(first, rank - flagged.total, end_row)
+    time = jnp.where(first, 0, _ring.rem(end + 1, capacity))
     return Drawn(row, time, total > 0)
 
 

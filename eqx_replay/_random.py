@@ -18,6 +18,7 @@ for large programs). Drawing a window and a row that way cost ~30 us of fixed ov
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -150,24 +151,66 @@ def _running_sum(x: Int[Array, "*lead n"]) -> Int[Array, "*lead n"]:
 _BLOCK = 128
 
 
+def _count_blocks(blocks: Bool[Array, "blocks size"]) -> Int[Array, " blocks"]:
+    """The True flags of each block, counted four at a time: the flags' bytes are read as
+    32-bit words, the words of a block summed lane by lane (at most `size / 4` per byte
+    lane, so no lane carries into the next), and the four lanes added by one
+    multiplication. XLA's own sum of the flags is ~4x slower on the CPU (0.25 ms for 1M
+    flags against 0.07 ms)."""
+    size = blocks.shape[1]
+    assert size % 4 == 0 and size // 4 <= 255 // 4
+    lanes = jax.lax.bitcast_convert_type(
+        blocks.view(jnp.uint8).reshape(blocks.shape[0], size // 4, 4), jnp.uint32
+    )
+    total = jnp.sum(lanes, axis=1, dtype=jnp.uint32)
+    return ((total * np.uint32(0x01010101)) >> np.uint32(24)).astype(jnp.int32)
+
+
+class Flagged(NamedTuple):
+    """Flags `(rows, n)` counted by blocks of `_BLOCK` (see `count_flagged`)."""
+
+    blocks: Bool[Array, "blocks size"]
+    counts: Int[Array, " blocks"]
+    running: Int[Array, " blocks"]
+    width: int  # `n` padded to a multiple of `_BLOCK`
+
+    @property
+    def total(self) -> Int[Array, ""]:
+        """How many flags are True."""
+        return self.running[-1]
+
+
+def count_flagged(flags: Bool[Array, "rows n"]) -> Flagged:
+    """The flags' counts by blocks of `_BLOCK`, and their running sums."""
+    n = flags.shape[1]
+    width = -(-n // _BLOCK) * _BLOCK
+    blocks = jnp.pad(flags, ((0, 0), (0, width - n))).reshape(-1, _BLOCK)
+    counts = _count_blocks(blocks)
+    return Flagged(blocks, counts, _running_sum(counts), width)
+
+
+def find_flagged(
+    flagged: Flagged, rank: Int[Array, " count"]
+) -> tuple[Int[Array, " count"], Int[Array, " count"]]:
+    """The cells `(rows, columns)` of the True flags of ranks `rank` (in row-major order,
+    `0 <= rank < total`): its block from the running sums, then its place among the
+    block's flags."""
+    blocks, counts, running, width = flagged
+    block = jnp.minimum(jnp.searchsorted(running, rank, side="right"), blocks.shape[0] - 1)
+    inside = rank - (running[block] - counts[block])  # its rank among the block's flags
+    place = jnp.argmax(_running_sum(blocks[block].astype(jnp.int32)) > inside[:, None], axis=1)
+    return jnp.divmod(block.astype(jnp.int32) * _BLOCK + place.astype(jnp.int32), width)
+
+
 def below_flagged(
     key: PRNGKeyArray, flags: Bool[Array, "rows n"], count: int
 ) -> tuple[Int[Array, " count"], Int[Array, " count"], Int[Array, ""]]:
     """`count` cells drawn uniformly, with replacement, among those of `flags` that are
-    True, exactly: one index below their number (`below`), found in the running sums of
-    the flags' counts by blocks of `_BLOCK`, then among its block's flags.
+    True, exactly: one index below their number (`below`), found by `find_flagged`.
 
     **Returns:** `(rows, columns, total)`: the cells drawn, and how many are True (when
     none is, the cells are arbitrary)."""
-    rows, n = flags.shape
-    padded = -(-n // _BLOCK) * _BLOCK
-    blocks = jnp.pad(flags, ((0, 0), (0, padded - n))).reshape(-1, _BLOCK)
-    counts = jnp.sum(blocks, axis=1, dtype=jnp.int32)
-    running = _running_sum(counts)
-    total = running[-1]
-    (rank,) = below(key, (count,), (total,))
-    block = jnp.minimum(jnp.searchsorted(running, rank, side="right"), blocks.shape[0] - 1)
-    inside = rank - (running[block] - counts[block])  # its rank among the block's flags
-    place = jnp.argmax(_running_sum(blocks[block].astype(jnp.int32)) > inside[:, None], axis=1)
-    row, column = jnp.divmod(block.astype(jnp.int32) * _BLOCK + place.astype(jnp.int32), padded)
-    return row, column, total
+    flagged = count_flagged(flags)
+    (rank,) = below(key, (count,), (flagged.total,))
+    row, column = find_flagged(flagged, rank)
+    return row, column, flagged.total
