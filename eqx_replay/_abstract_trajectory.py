@@ -387,9 +387,10 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     def epoch(self, state: _State, rng_key: ArrayLike) -> tuple[_Sample, Bool[Array, "M S"]]:
         """Every window that `sample` can draw now, each exactly once, in a uniformly random
         order, as `M` batches of `sample_batch_size`: an epoch over the stored data (e.g.
-        a dataset read from a Vault), for training inside `jit` or `lax.scan`. A
-        prioritised buffer's priorities are ignored: every window it can draw is there,
-        those of priority zero too.
+        a dataset read from a Vault), for training inside `jit` or `lax.scan`. None before
+        `min_length_time_axis` steps are stored, as `sample` draws none. A prioritised
+        buffer's priorities are ignored: every window it can draw is there, those of
+        priority zero too.
 
         `M = ceil(max_items / sample_batch_size)` is fixed by the configuration:
         `max_items = add_batch_size * ((max_length_time_axis - sample_sequence_length) //
@@ -431,10 +432,13 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         grid = self._grid
         windows = grid.rows * ((grid.capacity - grid.length) // grid.period + 1)
         every, eligible = self._every_window(state)
+        # None before `min_length_time_axis` steps, as `sample` draws none (priorities
+        # aside: an epoch has every window, those of priority zero too).
+        enough = state.is_full | (state.current_index >= self.min_length_time_axis)
         return epoch(
             cast(PRNGKeyArray, key),
             every,
-            eligible,
+            eligible & enough,
             windows,
             self.sample_batch_size,
             lambda drawn: sample_of(where, state, drawn),

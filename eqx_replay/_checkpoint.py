@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
+from ._abstract_trajectory import AbstractTrajectoryState
 from ._base import AbstractBuffer
 from ._checks import check_example
 from ._checksums_v1 import checksum_list
@@ -609,7 +610,7 @@ def _layout(setting: object) -> object:
 def _checked_as(state: PyTree, check: bool) -> PyTree:
     """A frame-stacked state whose `frame_stack.mismatches` is as a `FrameStack` with
     `check` keeps it: counts (zeros where there were none), or None."""
-    kept = getattr(state, "frame_stack", None)
+    kept = state._frame_stack if isinstance(state, AbstractTrajectoryState) else None
     if not isinstance(kept, FrameStackState) or (kept.mismatches is not None) == check:
         return state
     starts = kept.episode_starts
@@ -630,9 +631,21 @@ def _checked_as(state: PyTree, check: bool) -> PyTree:
 
 
 def _saved_check(description: dict[str, Any]) -> bool | None:
-    """The `check` of a saved frame-stacked buffer's `FrameStack` (None without one)."""
-    setting = description["configuration"].get("frame_stack")
-    return bool(setting.get("check", False)) if isinstance(setting, dict) else None
+    """Whether a saved frame-stacked state keeps `frame_stack.mismatches` (None for a
+    state without frames), from its leaves: checkpoints written before the setting was
+    recorded kept it always."""
+    if not isinstance(description["configuration"].get("frame_stack"), dict):
+        return None
+    return any(
+        str(leaf.get("path", "")).endswith(".frame_stack.mismatches")
+        for leaf in description["leaves"]
+    )
+
+
+def _own_check(buffer: AbstractBuffer) -> bool | None:
+    """The `check` of the buffer's `FrameStack` (None without one)."""
+    setting = _configuration(buffer).get("frame_stack")
+    return bool(setting["check"]) if isinstance(setting, dict) else None
 
 
 def _compare(where: str, description: dict[str, Any], buffer: AbstractBuffer) -> None:
@@ -733,7 +746,7 @@ def load_state(directory: str | os.PathLike[str], buffer: AbstractBuffer, exampl
     )
     check_example(where, example)
     expected = jax.eval_shape(buffer.init, example)
-    own_check = _saved_check({"configuration": _configuration(buffer)})
+    own_check = _own_check(buffer)
     saved_check = _saved_check(description)
     if saved_check is not None:  # the state as saved; adapted to this buffer once read
         expected = _checked_as(expected, saved_check)

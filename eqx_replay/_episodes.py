@@ -168,3 +168,17 @@ def _check_hashable(episode_end: Callable[[PyTree], Any]) -> None:
             f"{what}. Close over the arrays in a function instead, e.g. "
             "`episode_end=lambda step: my_end(step)`, or make them static fields."
         ) from None
+
+
+def need_episode_end(
+    where: str, episode_end: Callable[[PyTree], Any] | None, why: str
+) -> Callable[[PyTree], Any]:
+    """`episode_end`, or a clear error naming `where` for a buffer built without it (`why`:
+    what the call needs it for)."""
+    if episode_end is None:
+        raise ValueError(
+            f"`{where}`: needs a buffer built with `episode_end` (a function from a step to "
+            f"its boolean episode-end leaf, e.g. `episode_end=lambda step: step['done']`): "
+            f"{why}"
+        )
+    return episode_end

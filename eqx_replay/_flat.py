@@ -42,7 +42,7 @@ from ._abstract_trajectory import AbstractTrajectoryState
 from ._checks import Axis, check_key, check_leading
 from ._config import check_exponent, donate_flag, flat_config, TrajectoryConfig
 from ._data import AbstractSample
-from ._episodes import Episodes
+from ._episodes import Episodes, need_episode_end
 from ._frames import check_frame_stack, FrameStack
 from ._future import check_discount, draw_future, future_sample, FutureSample
 from ._jit import compiled_method
@@ -331,7 +331,7 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
     @compiled_method(static=("discount",))
-    def sample_future(self, state: _FS, rng_key: ArrayLike, discount: float) -> FutureSample:
+    def sample_future(self, state: _FS, rng_key: ArrayLike, discount: float | int) -> FutureSample:
         """Draws `sample_batch_size` transitions, each with a step of its own episode's
         future: for goals relabelled in hindsight (HER's "future" strategy) or the future
         states of contrastive RL. Needs `episode_end`.
@@ -348,24 +348,22 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
         has only `second`): recent episodes' goals lean near.
 
         Not gated by `can_sample`: the whole sample is poison (`offset` the largest int32)
-        only when no transition qualifies.
+        only when no transition qualifies. Sharded, each device draws its share of the
+        sample among its own rows' transitions (uniformly there), as it does for `sample`;
+        a device where none qualifies poisons its share.
 
         **Arguments:**
 
         - `state`: the current state; it is not consumed.
         - `rng_key`: a key from `jax.random.key` or `jax.random.PRNGKey`.
-        - `discount`: a Python float in `(0, 1]`; the method is compiled once per value.
+        - `discount`: a Python float in `(0, 1]` (or the int 1); the method is compiled
+            once per value.
 
         **Returns:** a `FutureSample`.
         """
         where = f"{type(self).__name__}.sample_future"
         discount = check_discount(where, discount)
-        if self.episode_end is None:
-            raise ValueError(
-                f"`{where}`: needs a buffer built with `episode_end` (a function from a step "
-                "to its boolean episode-end leaf, e.g. `episode_end=lambda step: "
-                "step['done']`): a future step is one of the transition's own episode"
-            )
+        need_episode_end(where, self.episode_end, "a future step is of the transition's episode")
         self._check_state(where, state)
         check_key(where, rng_key)
         key = cast(PRNGKeyArray, rng_key)

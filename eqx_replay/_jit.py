@@ -231,12 +231,13 @@ class CompiledMethod(Generic[_B, _P, _R]):
         positions = [i for i, name in enumerate(_parameters(self._fn)) if name in self._static]
 
         def traced(*args: Any, **kwargs: Any) -> Any:
-            # Static arguments (Python values) pass as they are.
-            fixed = {i: args[i] for i in positions if i < len(args)}
-            fixed_kw = {name: kwargs.pop(name) for name in self._static if name in kwargs}
-            args, kwargs = lax.stop_gradient(_strongly_typed((args, kwargs)))
-            args = tuple(fixed.get(i, arg) for i, arg in enumerate(args))
-            kwargs = {**kwargs, **fixed_kw}
+            # Static arguments (Python values) pass as they are; the others are data.
+            data = [arg for i, arg in enumerate(args) if i not in positions]
+            data_kw = {name: x for name, x in kwargs.items() if name not in self._static}
+            data, data_kw = lax.stop_gradient(_strongly_typed((data, data_kw)))
+            given = iter(data)
+            args = tuple(arg if i in positions else next(given) for i, arg in enumerate(args))
+            kwargs = {**kwargs, **data_kw}
             try:
                 return checked(buffer, *args, **kwargs)
             except TypeCheckError:
@@ -278,8 +279,8 @@ class CompiledMethod(Generic[_B, _P, _R]):
                 if static and "Non-hashable static arguments" in str(error):
                     raise TypeError(
                         f"`{where}`: {', '.join(f'`{n}`' for n in static)} must be a Python "
-                        "number (static: the method is compiled once per value), not an "
-                        "array"
+                        "value, such as a float (static: the method is compiled once per "
+                        "value); got something unhashable, such as an array"
                     ) from None
                 raise
             except TypeError:

@@ -265,10 +265,7 @@ class PrioritisedTrajectoryBuffer(
         rows, starts = item_windows(items, grid)
         valid = is_valid(state.generation)
         number = window_number(state.generation) % self._generations
-        total = state.priorities.total()
-        probabilities = jnp.where(
-            total > 0, state.priorities.get(items) / jnp.where(total > 0, total, 1.0), 0.0
-        )
+        probabilities = state.priorities.probabilities(items)
         return Drawn(
             rows, starts, jnp.any(valid), number * grid.num_items + items, probabilities
         ), valid

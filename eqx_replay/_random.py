@@ -119,7 +119,9 @@ def _multiply(
 
 
 def scale(
-    high_word: UInt32[Array, "*shape"], low_word: UInt32[Array, "*shape"], n: UInt32[Array, ""]
+    high_word: UInt32[Array, "*shape"],
+    low_word: UInt32[Array, "*shape"],
+    n: UInt32[Array, "*#shape"],
 ) -> UInt32[Array, "*shape"]:
     """`floor((high_word * 2**32 + low_word) * n / 2**64)`, exactly."""
     # The high word of high_word * n, plus the carry out of its low word plus the high word
@@ -130,10 +132,11 @@ def scale(
 
 
 def below(
-    key: PRNGKeyArray, shape: tuple[int, ...], bounds: tuple[Int[ArrayLike, ""], ...]
+    key: PRNGKeyArray, shape: tuple[int, ...], bounds: tuple[Int[ArrayLike, "..."], ...]
 ) -> tuple[Int[Array, "..."], ...]:
     """For each bound `n`, independent integers uniform in `[0, n)` of the given shape (all
-    zeros where `n == 0`), from a single draw of random bits."""
+    zeros where `n == 0`), from a single draw of random bits. A bound is a scalar or an
+    array of bounds that broadcasts against `shape`, one per integer."""
     words = bits(key, (len(bounds), 2, *shape))
     return tuple(
         scale(high_word, low_word, jnp.asarray(bound).astype(jnp.uint32)).astype(jnp.int32)
@@ -199,7 +202,9 @@ def find_flagged(
     block = jnp.minimum(jnp.searchsorted(running, rank, side="right"), blocks.shape[0] - 1)
     inside = rank - (running[block] - counts[block])  # its rank among the block's flags
     place = jnp.argmax(_running_sum(blocks[block].astype(jnp.int32)) > inside[:, None], axis=1)
-    return jnp.divmod(block.astype(jnp.int32) * _BLOCK + place.astype(jnp.int32), width)
+    # Row by row (`rows * width` may exceed int32 where `rows * n` does not).
+    row, column_block = jnp.divmod(block.astype(jnp.int32), width // _BLOCK)
+    return row, column_block * _BLOCK + place.astype(jnp.int32)
 
 
 def below_flagged(

@@ -243,10 +243,15 @@ class SumTree(Data):
             )
 
         _, item = lax.fori_loop(0, len(sizes), descend, (top, jnp.zeros(num, jnp.int32)))
+        return item, self.probabilities(item)
+
+    def probabilities(self, items: Int[Array, "*shape"]) -> Float[Array, "*shape"]:
+        """The probabilities `sample` draws `items` with: priority / total, at least
+        `SMALLEST` for a positive priority, zero for a zero one or a zero total."""
+        total = self.total()
+        value = self.nodes[items]
         safe_total = jnp.where(total > 0, total, 1)
-        value = self.nodes[item]
-        probabilities = jnp.where(value > 0, jnp.maximum(value / safe_total, SMALLEST), 0)
-        return item, probabilities
+        return jnp.where(value > 0, jnp.maximum(value / safe_total, SMALLEST), 0)
 
 
 def _walk(

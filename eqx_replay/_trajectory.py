@@ -16,7 +16,7 @@ from ._checks import check_key
 from ._config import donate_flag, grid_config, trajectory_config
 from ._data import AbstractMaskedSample, PER_DEVICE, REPLICATED, ROWS
 from ._episode_starts import draw_episode_starts, episode_mask
-from ._episodes import Boundary, Episodes
+from ._episodes import Boundary, Episodes, need_episode_end
 from ._frames import drop_incomplete, FrameStack, FrameStackState, written_frames
 from ._guard import poison_sample
 from ._jit import compiled_method
@@ -346,8 +346,9 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
 
         A stored step is an episode's first step when it is its row's first step ever, or
         when the step before it is stored and ended an episode; the oldest stored step of
-        a row that has wrapped is not one, since the step before it is gone (the state
-        is Flashbax's, which keeps no more).
+        a full ring is not one, since the step before it is gone (the state is
+        Flashbax's, which keeps no more: a ring filled exactly, whose oldest step is the
+        row's first, cannot be told from one filled twice).
 
         The sample's `mask` is True exactly where the window's step belongs to the
         episode and is stored: up to and including the episode's end, and not past the
@@ -359,6 +360,10 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         once (to count the episodes' first steps), so it costs more than `sample` in
         buffers much larger than the sample (see `benchmarks/episodes.py`).
 
+        Sharded, each device draws its share of the sample among its own rows' episodes
+        (uniformly there), as it does for `sample`; a device that holds no episode's
+        first step poisons its share.
+
         **Arguments:**
 
         - `state`: the current state; it is not consumed.
@@ -368,12 +373,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         `(sample_batch_size, sample_sequence_length, ...)` and its `mask`.
         """
         where = f"{type(self).__name__}.sample_episodes"
-        if self.episode_end is None:
-            raise ValueError(
-                f"`{where}`: needs a buffer built with `episode_end` (a function from a step "
-                "to its boolean episode-end leaf, e.g. `episode_end=lambda step: "
-                "step['done']`): episodes are told apart by their ends"
-            )
+        need_episode_end(where, self.episode_end, "episodes are told apart by their ends")
         self._check_state(where, state)
         check_key(where, rng_key)
         key = cast(PRNGKeyArray, rng_key)

@@ -225,5 +225,12 @@ def test_an_empty_buffer_gives_only_padding_and_bad_calls_are_refused() -> None:
     sample, mask = buffer.epoch(buffer.init(EXAMPLE), jax.random.key(0))
     assert not np.asarray(mask).any()
     assert (np.asarray(sample.experience["g"]) == np.iinfo(np.int32).max).all()
+    # Before `min_length`, `sample` draws nothing, and an epoch holds nothing.
+    flat: Any = er.make_flat_buffer(max_length=20, min_length=10, sample_batch_size=4)
+    state = flat.init(np.int32(0))
+    for i in range(4):
+        state = flat.add(state, np.int32(i))
+    assert not bool(flat.can_sample(state))
+    assert not np.asarray(flat.epoch(state, jax.random.key(0))[1]).any()
     with pytest.raises(TypeError, match=r"`TrajectoryBuffer.epoch`: `rng_key`"):
         buffer.epoch(buffer.init(EXAMPLE), np.float32(1.0))

@@ -406,6 +406,16 @@ def test_frame_stacked_states_save_load_and_compose(tmp_path: Any) -> None:
     plain = er.load_state(tmp_path / "counted", buffer, example)
     assert plain.frame_stack.mismatches is None
     assert plain.current_index == counting.current_index
+    # A checkpoint from before `check` was recorded (the counts always kept) loads too.
+    import json
+
+    metadata = tmp_path / "counted" / "eqx_replay" / "metadata"
+    description = json.loads(metadata.read_text())
+    del description["configuration"]["frame_stack"]["check"]
+    metadata.write_text(json.dumps(description))
+    assert er.load_state(tmp_path / "counted", buffer, example).frame_stack.mismatches is None
+    again = er.load_state(tmp_path / "counted", checked, example)
+    np.testing.assert_array_equal(again.frame_stack.mismatches, [0, 1])
     # A buffer with other stacks refuses the checkpoint.
     other = dataclasses.replace(buffer, frame_stack=er.FrameStack(_obs, 3, axis=-1))
     with pytest.raises(ValueError, match="frame_stack"):

@@ -88,6 +88,14 @@ def test_no_start_stored_gives_poison() -> None:
     empty = buffer.sample_episodes(buffer.init(EXAMPLE), jax.random.key(0))
     assert np.asarray(empty.mask).all()
     assert (np.asarray(empty.experience["g"]) == np.iinfo(np.int32).max).all()
+    # A ring filled exactly: its state is that of a ring filled twice, so its oldest step
+    # is not taken for a start, though it is the row's first here.
+    full = buffer.add(
+        buffer.init(EXAMPLE),
+        _chunk(EpisodeReference(ROWS, CAPACITY), np.random.default_rng(0), CAPACITY, 0.0),
+    )
+    assert int(full.current_index) == 0 and bool(full.is_full)
+    assert (np.asarray(buffer.sample_episodes(full, jax.random.key(0)).mask)).all()
     # A wrapped ring whose rows hold one long episode each: its start is gone.
     ref = EpisodeReference(ROWS, CAPACITY)
     state = buffer.add(buffer.init(EXAMPLE), _chunk(ref, np.random.default_rng(0), 15, 0.0))

@@ -66,13 +66,16 @@ class EpisodeReference:
 
     def episode_starts(self) -> list[tuple[int, int]]:
         """`(row, g)` of every stored step that starts an episode: the row's first step
-        ever, or a step whose predecessor is stored and ended an episode."""
+        ever while the ring has not filled (once full, the state cannot tell its oldest
+        step from a later one), or a step whose predecessor is stored and ended an
+        episode."""
         stored = self.stored()
         return [
             (r, g)
             for r in range(self.rows)
             for g in stored
-            if g == 0 or (g - 1 >= stored.start and self._ended(r, g - 1))
+            if (g == 0 and self.added < self.capacity)
+            or (g - 1 >= stored.start and self._ended(r, g - 1))
         ]
 
     def episode_mask(self, row: int, g: int, length: int) -> np.ndarray:
