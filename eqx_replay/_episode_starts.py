@@ -6,22 +6,72 @@ before it is stored and ended an episode (`episode_end`); the oldest stored step
 wrapped row does not, since the step before it is gone.
 
 Cost. Drawing uniformly among the starts needs their number, so every call reads the
-flag of every stored step once (one pass over the ring's episode-end leaf, a byte per
-step), and draws among them as `_random.below_flagged` does.
+flag of every stored step once: one pass over the ring's episode-end leaf, a byte per
+step, four to a 32-bit word (`_stored_ends`).
 """
 
 from collections.abc import Callable
 from typing import Any
 
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
 from ._episodes import episode_ends
-from ._random import below, count_flagged, find_flagged
+from ._random import below, block_of, count_blocks, running_sum
 from ._windows import Drawn
+
+
+_BLOCK = 128
+
+
+def _stored_ends(
+    ends: Bool[Array, "rows capacity"],
+    current_index: Int[Array, ""],
+    is_full: Bool[Array, ""],
+) -> tuple[Callable[[Array], Array], Array, Int[Array, " blocks"]]:
+    """The episode ends whose next step is stored and starts an episode: those of every
+    stored step but the newest, counted by blocks of `_BLOCK` of the flattened flags.
+
+    The count reads the episode-end flags as they are, four to a 32-bit word
+    (`_random.count_blocks`), with no mask: a block within one row and on one side of its
+    write head is all stored or none. Only the blocks that hold a row's first or last
+    step, its newest step or its write head are counted again flag by flag, masked (four
+    per row at most).
+
+    **Returns:** `(counted, flat, counts)`: whether the ends at flat positions count,
+    the flags flattened (padded to one block at least), and each block's count."""
+    rows, capacity = ends.shape
+    size = rows * capacity
+    flat = ends.reshape(-1)
+    if size < _BLOCK:  # a tiny ring: one block, padded
+        flat = jnp.pad(flat, (0, _BLOCK - size))
+    whole = size // _BLOCK
+    counts = count_blocks(flat[: whole * _BLOCK].reshape(whole, _BLOCK))
+    if size % _BLOCK:  # the partial last block, counted below with the special blocks
+        counts = jnp.concatenate([counts, jnp.zeros((1,), jnp.int32)])
+    newest = _ring.rem(current_index + capacity - 1, capacity)
+
+    def counted(position: Array) -> Array:
+        t = _ring.rem(position, capacity)
+        return (position < size) & (is_full | (t < current_index)) & (t != newest)
+
+    first = jnp.arange(counts.shape[0], dtype=jnp.int32) * _BLOCK
+    all_stored = is_full | (_ring.rem(first, capacity) + _BLOCK <= current_index)
+    counts = jnp.where(all_stored, counts, 0)
+    row_first = jnp.arange(rows, dtype=jnp.int32) * capacity
+    head = jnp.minimum(current_index, capacity - 1)
+    special = (
+        jnp.concatenate([row_first, row_first + capacity - 1, row_first + newest, row_first + head])
+        // _BLOCK
+    )
+    positions = special[:, None] * _BLOCK + jnp.arange(_BLOCK, dtype=jnp.int32)
+    exact = flat[jnp.minimum(positions, flat.shape[0] - 1)] & counted(positions)
+    counts = counts.at[special].set(jnp.sum(exact, axis=1, dtype=jnp.int32))
+    return counted, flat, counts
 
 
 def draw_episode_starts(
@@ -32,23 +82,37 @@ def draw_episode_starts(
     count: int,
 ) -> Drawn:
     """`count` episode starts drawn uniformly with replacement among those stored (`ok`:
-    whether there is one)."""
+    whether there is one).
+
+    A stored step starts an episode when the stored step before it ended one: it is
+    drawn as that end (`_stored_ends`); and while the ring has not filled, each row's
+    first step ever is one too."""
     storage, current_index, is_full = state.experience, state.current_index, state.is_full
     rows, capacity = jtu.tree_leaves(storage)[0].shape[:2]
     ends = episode_ends(where, episode_end, storage, (rows, capacity), "the stored steps")
-    # A stored step starts an episode when the stored step before it ended one: drawn as
-    # that end, among the stored ends but the newest step's (its successor is not
-    # stored); and when the ring has not wrapped, each row's first step.
-    t = jnp.arange(capacity, dtype=jnp.int32)
-    newest = _ring.rem(current_index + capacity - 1, capacity)
-    stored = is_full | (t < current_index)
-    flagged = count_flagged(ends & stored & (t != newest))
+    counted, flat, counts = _stored_ends(ends, current_index, is_full)
+    running = running_sum(counts)
+    ended = running[-1]
     firsts = jnp.where(~is_full & (current_index > 0), rows, 0)
-    total = flagged.total + firsts
+    total = ended + firsts
     (rank,) = below(key, (count,), (total,))
-    end_row, end = find_flagged(flagged, jnp.clip(rank, 0, jnp.maximum(flagged.total - 1, 0)))
-    first = rank >= flagged.total  # a row's first step ever
-    row = jnp.where(first, rank - flagged.total, end_row)
+    # The end of rank `rank`: its block from the running sums, then its place among the
+    # block's counted ends (a block read at once; the partial last block is read from
+    # one block before the end, as the gather clamps it, its earlier flags not counted).
+    end_rank = jnp.clip(rank, 0, jnp.maximum(ended - 1, 0))
+    block = block_of(running, end_rank)
+    inside = end_rank - (running[block] - counts[block])
+    numbers = lax.GatherDimensionNumbers(
+        offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
+    )
+    start = jnp.minimum(block * _BLOCK, flat.shape[0] - _BLOCK)
+    read = lax.gather(flat, start[:, None], numbers, (_BLOCK,), mode=lax.GatherScatterMode.CLIP)
+    position = start[:, None] + jnp.arange(_BLOCK, dtype=jnp.int32)
+    kept = read & counted(position) & (position >= block[:, None] * _BLOCK)
+    place = jnp.argmax(running_sum(kept.astype(jnp.int32)) > inside[:, None], axis=1)
+    end_row, end = jnp.divmod(start + place.astype(jnp.int32), capacity)
+    first = rank >= ended  # a row's first step ever
+    row = jnp.where(first, rank - ended, end_row)
     time = jnp.where(first, 0, _ring.rem(end + 1, capacity))
     return Drawn(row, time, total > 0)
 

@@ -147,3 +147,22 @@ def test_inside_scan_and_bad_input() -> None:
         plain.sample_episodes(plain.init(EXAMPLE), jax.random.key(0))
     with pytest.raises(TypeError, match=r"`TrajectoryBuffer.sample_episodes`: `rng_key`"):
         buffer.sample_episodes(state, np.float32(0.0))
+
+
+@pytest.mark.parametrize("capacity", [301, 256])
+def test_large_rings_draw_every_stored_start(capacity: int) -> None:
+    # Rings of several blocks of flags (and a partial last one): blocks counted as
+    # they are and blocks at the row ends and write heads, counted flag by flag.
+    buffer = _buffer(max_length_time_axis=capacity, sample_batch_size=512)
+    ref = EpisodeReference(ROWS, capacity)
+    rng = np.random.default_rng(5)
+    state = buffer.init(EXAMPLE)
+    many = jax.jit(jax.vmap(buffer.sample_episodes, in_axes=(None, 0)))
+    for steps, p_end in [(150, 0.02), (capacity, 0.05), (97, 0.02)]:
+        state = buffer.add(state, _chunk(ref, rng, steps, p_end))
+        samples = many(state, jax.random.split(jax.random.key(ref.added), 16))
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), samples)
+        counts = Counter(_check(flat, ref))
+        starts = ref.episode_starts()
+        assert set(counts) == set(starts)
+        assert scipy.stats.chisquare([counts[s] for s in starts]).pvalue > 1e-4
