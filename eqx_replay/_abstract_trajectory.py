@@ -325,7 +325,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         return per_buffer(where, state, self._check_state, self._size)
 
     def _size(self, state: _State) -> Int[Array, ""]:
-        steps = jnp.where(state.is_full, self.max_length_time_axis, state.current_index)
+        steps = _ring.stored(state.current_index, state.is_full, self.max_length_time_axis)
         return self.add_batch_size * steps.astype(jnp.int32)
 
     def _can_sample(self, state: _State) -> Bool[Array, ""]:

@@ -130,8 +130,8 @@ def episode_mask(
     ends = episode_ends(where, episode_end, windows, (samples, length), "the sampled windows")
     before = jnp.cumsum(ends, axis=1, dtype=jnp.int32) - ends  # episode ends before each step
     capacity = jtu.tree_leaves(state.experience)[0].shape[1]
-    oldest = jnp.where(state.is_full, state.current_index, 0)
-    stored = jnp.where(state.is_full, capacity, state.current_index)
+    oldest = _ring.oldest(state.current_index, state.is_full)
+    stored = _ring.stored(state.current_index, state.is_full, capacity)
     first = _ring.rem(drawn.starts - oldest + capacity, capacity)  # logical
     newest = stored - 1 - first  # steps from the window's first to the newest stored
     return (before == 0) & (jnp.arange(length, dtype=jnp.int32) <= newest[:, None])

@@ -139,8 +139,8 @@ def draw_future(
     storage, current_index, is_full = state.experience, state.current_index, state.is_full
     rows, capacity = jtu.tree_leaves(storage)[0].shape[:2]
     ends = episode_ends(where, episode_end, storage, (rows, capacity), "the stored steps")
-    oldest = jnp.where(is_full, current_index, 0)
-    stored = jnp.where(is_full, capacity, current_index)
+    oldest = _ring.oldest(current_index, is_full)
+    stored = _ring.stored(current_index, is_full, capacity)
     pairs = jnp.maximum(stored - 1, 0)
     lowest = jnp.zeros((rows,), jnp.int32) if skipped is None else skipped
     # The keys made once, before they are used: XLA would otherwise fuse the hash that

@@ -251,9 +251,16 @@ class PrioritisedTrajectoryBuffer(
         rows, starts = item_windows(items, grid)
         items = jnp.minimum(items, grid.num_items - 1)  # only when the total is zero
         ok = self._can_sample(state)
-        number = window_number(state.generation[items]) % self._generations
-        indices = number * grid.num_items + items
+        indices = self._handles(state, items)
         return Drawn(rows, starts, ok, indices, jnp.where(ok, probabilities, 0.0))
+
+    def _handles(
+        self, state: PrioritisedTrajectoryBufferState, items: Int[Array, " n"]
+    ) -> Int[Array, " n"]:
+        """The handles of `items` (`sample.indices`): the item and its window number
+        modulo `_generations`, so that an update aimed at an earlier window is ignored."""
+        number = window_number(state.generation[items]) % self._generations
+        return number * self._grid.num_items + items
 
     def _every_window(
         self, state: PrioritisedTrajectoryBufferState
@@ -264,11 +271,9 @@ class PrioritisedTrajectoryBuffer(
         items = jnp.arange(grid.num_items, dtype=jnp.int32)
         rows, starts = item_windows(items, grid)
         valid = is_valid(state.generation)
-        number = window_number(state.generation) % self._generations
         probabilities = state.priorities.probabilities(items)
-        return Drawn(
-            rows, starts, jnp.any(valid), number * grid.num_items + items, probabilities
-        ), valid
+        handles = self._handles(state, items)
+        return Drawn(rows, starts, jnp.any(valid), handles, probabilities), valid
 
     def _sample(
         self, drawn: Drawn, windows: PyTree[Array], mask: Bool[Array, "samples length"] | None

@@ -56,6 +56,19 @@ def advance(
     return end % capacity, is_full | (end >= capacity)
 
 
+def oldest(current_index: Int[Array, ""], is_full: Bool[Array, ""]) -> Int[Array, ""]:
+    """The physical time of each row's oldest stored step: 0 before the ring has wrapped,
+    the write head after."""
+    return jnp.where(is_full, current_index, 0)
+
+
+def stored(
+    current_index: Int[Array, ""], is_full: Bool[Array, ""], capacity: int
+) -> Int[Array, ""]:
+    """How many steps each row stores."""
+    return jnp.where(is_full, capacity, current_index)
+
+
 def num_windows(
     current_index: Int[Array, ""],
     is_full: Bool[Array, ""],
@@ -64,8 +77,8 @@ def num_windows(
     period: int,
 ) -> Int[Array, ""]:
     """How many windows of `length` steps start on the period grid of the stored steps."""
-    stored = jnp.where(is_full, capacity, current_index)
-    return jnp.where(stored >= length, (stored - length) // period + 1, 0)
+    steps = stored(current_index, is_full, capacity)
+    return jnp.where(steps >= length, (steps - length) // period + 1, 0)
 
 
 def window_complete(
@@ -170,8 +183,7 @@ def window_start(
     Windows are counted from the oldest stored step: index 0 before the ring has wrapped,
     the write head after.
     """
-    oldest = jnp.where(is_full, current_index, 0)
-    return (oldest + window * period) % capacity
+    return (oldest(current_index, is_full) + window * period) % capacity
 
 
 def write(

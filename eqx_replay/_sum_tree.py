@@ -243,14 +243,17 @@ class SumTree(Data):
             )
 
         _, item = lax.fori_loop(0, len(sizes), descend, (top, jnp.zeros(num, jnp.int32)))
-        return item, self.probabilities(item)
+        return item, self.probabilities(item, total)
 
-    def probabilities(self, items: Int[Array, "*shape"]) -> Float[Array, "*shape"]:
+    def probabilities(
+        self, items: Int[Array, "*shape"], total: Float[Array, ""] | None = None
+    ) -> Float[Array, "*shape"]:
         """The probabilities `sample` draws `items` with: priority / total, at least
-        `SMALLEST` for a positive priority, zero for a zero one or a zero total."""
-        total = self.total()
-        value = self.nodes[items]
+        `SMALLEST` for a positive priority, zero for a zero one or a zero total (`total`,
+        when the caller has it)."""
+        total = self.total() if total is None else total
         safe_total = jnp.where(total > 0, total, 1)
+        value = self.nodes[items]
         return jnp.where(value > 0, jnp.maximum(value / safe_total, SMALLEST), 0)
 
 
