@@ -143,14 +143,13 @@ def draw_future(
     stored = _ring.stored(current_index, is_full, capacity)
     pairs = jnp.maximum(stored - 1, 0)
     lowest = jnp.zeros((rows,), jnp.int32) if skipped is None else skipped
-    # The keys made once, before they are used: XLA would otherwise fuse the hash that
-    # derives a key into every random number drawn from it (~400 us for a few thousand).
-    keys = lax.optimization_barrier(split(key, 3))
+    keys = split(key, 3)
 
     # Rejection: `_TRIES` transitions per draw, uniform over all pairs; the first that
     # qualifies is uniform over those that do.
     # Drawn inside a loop (of one iteration, which XLA cannot know), whose output it does
-    # not fuse into the draws' uses: fused, every use would hash the bits again (~60 us).
+    # not fuse into the draws' uses: fused, the uses hash the bits again (10-20 us of
+    # ~160 at 100K transitions, 256 draws, `benchmarks/episodes.py`).
     # One index over every row's pairs per try (`rows * capacity` fits in int32, see
     # `_config.check_total`): half the random bits of a row and a pair drawn apart.
     (joint,) = run_if(
@@ -168,13 +167,11 @@ def draw_future(
 
     # The draws still rejected, made from every qualifying transition.
     def exactly(carry: tuple) -> tuple:
-        # Through the barrier, what follows depends on the loop's carry: XLA would
-        # otherwise hoist this whole-ring work out of the loop, to run on every call.
-        (row, p, _), base = lax.optimization_barrier((carry, oldest))
-        logical = _ring.rem(jnp.arange(capacity, dtype=jnp.int32) - base + capacity, capacity)
+        row, p, _ = carry
+        logical = _ring.rem(jnp.arange(capacity, dtype=jnp.int32) - oldest + capacity, capacity)
         good = (logical >= lowest[:, None]) & (logical < pairs) & ~ends
         item_row, time, total = below_flagged(keys[1], good, count)
-        item_p = _ring.rem(time - base + capacity, capacity)
+        item_p = _ring.rem(time - oldest + capacity, capacity)
         return (
             jnp.where(accepted, row, item_row),
             jnp.where(accepted, p, item_p),
