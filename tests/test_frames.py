@@ -13,6 +13,7 @@ import pytest
 
 import eqx_replay as er
 
+from .helpers.pages import printed_by_blocks
 from .reference.frames import FrameReference
 
 
@@ -473,19 +474,7 @@ def test_bad_settings_and_inputs_are_refused_by_name(tmp_path: Any) -> None:
 
 def test_the_guide_page_runs_as_written() -> None:
     # docs/frames.md's Python blocks, each in a fresh namespace, print what the page says.
-    import contextlib
-    import io
-    import pathlib
-    import re
-
-    page = pathlib.Path(__file__).parent.parent / "docs" / "frames.md"
-    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
-    printed = []
-    for block in blocks:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(block, str(page), "exec"), {})
-        printed.append(out.getvalue().splitlines())
+    printed = printed_by_blocks("frames.md")
     assert printed[0] == ["(2, 500, 84, 84)", "(32, 4, 84, 84)", "500 steps per row"]
     assert printed[1] == ["[2]"]
 

@@ -13,7 +13,8 @@ import scipy.stats
 
 import eqx_replay as er
 
-from .reference.episodes import EpisodeReference
+from .helpers.pages import printed_by_blocks
+from .reference.episodes import chunk as _chunk, EpisodeReference
 from .reference.frames import FrameReference
 
 
@@ -35,15 +36,6 @@ def _buffer(**changes: Any) -> er.FlatBuffer:
         episode_end=_end,
     )
     return er.make_flat_buffer(**{**settings, **changes})
-
-
-def _chunk(ref: EpisodeReference, rng: np.random.Generator, steps: int, p_end: float) -> dict:
-    first = ref.added
-    dones = rng.random((ref.rows, steps)) < p_end
-    ref.add(dones)
-    g = np.broadcast_to(first + np.arange(steps, dtype=np.int32), (ref.rows, steps))
-    row = np.broadcast_to(np.arange(ref.rows, dtype=np.int32)[:, None], (ref.rows, steps))
-    return {"row": jnp.asarray(row), "g": jnp.asarray(g), "done": jnp.asarray(dones)}
 
 
 def _draws(buffer: er.FlatBuffer, state: Any, discount: float, keys: int) -> list[tuple]:
@@ -190,19 +182,7 @@ def test_frame_stacked_futures_are_the_environments_stacks() -> None:
 def test_the_guide_page_runs_as_written() -> None:
     # docs/episodes-as-the-unit.md's Python blocks, each in a fresh namespace, print what
     # the page says they print.
-    import contextlib
-    import io
-    import pathlib
-    import re
-
-    page = pathlib.Path(__file__).parent.parent / "docs" / "episodes-as-the-unit.md"
-    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
-    printed = []
-    for block in blocks:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(block, str(page), "exec"), {})
-        printed.append(out.getvalue().splitlines())
+    printed = printed_by_blocks("episodes-as-the-unit.md")
     assert printed == [
         ["[(12, 13, 14), (15, 16, 17)]"],
         ["True", "True"],

@@ -13,7 +13,7 @@ import scipy.stats
 
 import eqx_replay as er
 
-from .reference.episodes import EpisodeReference
+from .reference.episodes import chunk as _chunk, EpisodeReference
 from .reference.frames import FrameReference
 
 
@@ -36,15 +36,6 @@ def _buffer(**changes: Any) -> Any:
         episode_end=_end,
     )
     return er.make_trajectory_buffer(**{**settings, **changes})
-
-
-def _chunk(ref: EpisodeReference, rng: np.random.Generator, steps: int, p_end: float) -> dict:
-    first = ref.added
-    dones = rng.random((ref.rows, steps)) < p_end
-    ref.add(dones)
-    g = np.broadcast_to(first + np.arange(steps, dtype=np.int32), (ref.rows, steps))
-    row = np.broadcast_to(np.arange(ref.rows, dtype=np.int32)[:, None], (ref.rows, steps))
-    return {"row": jnp.asarray(row), "g": jnp.asarray(g), "done": jnp.asarray(dones)}
 
 
 def _check(sample: Any, ref: EpisodeReference) -> list[tuple[int, int]]:

@@ -88,3 +88,14 @@ class EpisodeReference:
             if self._ended(row, g + i):
                 break
         return mask
+
+
+def chunk(ref: EpisodeReference, rng: np.random.Generator, steps: int, p_end: float) -> dict:
+    """The next `steps` steps of every row of `ref`, recorded in it: `{"row", "g", "done"}`,
+    each step naming its row and number, episodes ending with probability `p_end`."""
+    first = ref.added
+    dones = rng.random((ref.rows, steps)) < p_end
+    ref.add(dones)
+    g = np.broadcast_to(first + np.arange(steps, dtype=np.int32), (ref.rows, steps))
+    row = np.broadcast_to(np.arange(ref.rows, dtype=np.int32)[:, None], (ref.rows, steps))
+    return {"row": row, "g": g, "done": dones}
