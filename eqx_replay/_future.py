@@ -31,15 +31,15 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from beartype import beartype
-from jaxtyping import Array, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, Bool, Int, jaxtyped, PRNGKeyArray, PyTree, Shaped, UInt32
 
 from . import _ring
 from ._abstract_trajectory import AbstractTrajectoryState
-from ._control import for_each_true, run_if
+from ._control import run_if
 from ._data import Data
 from ._episodes import episode_ends
 from ._guard import poison_unless
-from ._random import below, below_flagged, split, uniform
+from ._random import below_flagged, scale, split, to_uniform, words
 from ._windows import Drawn
 
 
@@ -96,8 +96,8 @@ def _first_true(
     """For each sample, the first `i < width` with `flags` true at physical time
     `starts + i` of its row (wrapping around the ring; `width <= capacity`), or `width`
     when there is none. Read as blocks of `width` flags, which XLA gathers far faster on
-    the CPU than single flags; the few blocks that would wrap (the gather clamps them) are
-    read again flag by flag, one loop iteration each, as `_ring.read` does."""
+    the CPU than single flags. A block that would wrap is read clamped to the row's end,
+    and its part past the end is the row's first flags, searched once per row."""
     capacity = flags.shape[1]
     j = jnp.arange(width, dtype=jnp.int32)
     if 2 * width > capacity:  # a small ring: most blocks would wrap; flag by flag
@@ -108,13 +108,15 @@ def _first_true(
     )
     where = jnp.stack([rows, starts], axis=1)
     block = lax.gather(flags, where, numbers, (1, width), mode=lax.GatherScatterMode.CLIP)
-    first = jnp.min(jnp.where(block, j, width), axis=1)
-
-    def reread(i: Array, first: Array) -> Array:
-        wrapped = flags[rows[i], _ring.rem(starts[i] + j, capacity)]
-        return first.at[i].set(jnp.min(jnp.where(wrapped, j, width)))
-
-    return for_each_true(starts > capacity - width, reread, first)
+    # The clamp moves a block that would wrap back by `shift`: its flags before `shift` are
+    # not the sample's, and the sample's flags past the row's end are the row's first.
+    shift = jnp.maximum(starts - (capacity - width), 0)
+    before_end = jnp.min(
+        jnp.where(block & (j >= shift[:, None]), j - shift[:, None], width), axis=1
+    )
+    head = jnp.min(jnp.where(flags[:, :width], j, width), axis=1)
+    after_end = jnp.where(shift > 0, width - shift + head[rows], width)
+    return jnp.minimum(before_end, jnp.minimum(after_end, width))
 
 
 def draw_future(
@@ -143,20 +145,17 @@ def draw_future(
     stored = _ring.stored(current_index, is_full, capacity)
     pairs = jnp.maximum(stored - 1, 0)
     lowest = jnp.zeros((rows,), jnp.int32) if skipped is None else skipped
-    keys = split(key, 3)
+    keys = split(key, 2)
 
     # Rejection: `_TRIES` transitions per draw, uniform over all pairs; the first that
-    # qualifies is uniform over those that do.
+    # qualifies is uniform over those that do. One index over every row's pairs per try
+    # (`rows * capacity` fits in int32, see `_config.check_total`): half the random bits of
+    # a row and a pair drawn apart. The offsets' words are drawn with the tries'.
     # Drawn inside a loop (of one iteration, which XLA cannot know), whose output it does
-    # not fuse into the draws' uses: fused, the uses hash the bits again (10-20 us of
-    # ~160 at 100K transitions, 256 draws, `benchmarks/episodes.py`).
-    # One index over every row's pairs per try (`rows * capacity` fits in int32, see
-    # `_config.check_total`): half the random bits of a row and a pair drawn apart.
-    (joint,) = run_if(
-        stored >= 0,
-        lambda _: below(keys[0], (_TRIES, count), (rows * pairs,)),
-        (jnp.zeros((_TRIES, count), jnp.int32),),
-    )
+    # not fuse into the words' uses: fused, each use would hash them again.
+    zeros = jnp.zeros((_TRIES + 1, count), jnp.uint32)
+    high, low = run_if(stored >= 0, lambda _: words(keys[0], (_TRIES + 1, count)), (zeros, zeros))
+    joint = scale(high[:_TRIES], low[:_TRIES], (rows * pairs).astype(jnp.uint32)).astype(jnp.int32)
     p_try, row_try = jnp.divmod(joint, rows)
     time_try = _ring.rem(oldest + p_try, capacity)
     good = (p_try >= lowest[row_try]) & (p_try < pairs) & ~ends[row_try, time_try]
@@ -196,20 +195,25 @@ def draw_future(
         (jnp.int32(near), m),
     )
     m = jnp.maximum(m, 1)
-    offset = _offsets(keys[2], m, discount)
+    offset = _offsets(high[_TRIES], low[_TRIES], m, discount)
     first_times = _ring.rem(oldest + p, capacity)
     return ok, Drawn(row, first_times, ok), offset
 
 
-def _offsets(key: PRNGKeyArray, m: Int[Array, " samples"], discount: float) -> Array:
-    """`k` in `1 .. m` with probability proportional to `discount ** (k - 1)`: uniform
-    exactly (`below`) for `discount=1`; otherwise by the inverse of its distribution
-    function at a float32 uniform, exact to float32's resolution (each probability within
-    about `m * 2**-23` of its value: episodes of up to some thousands of steps)."""
+def _offsets(
+    high: UInt32[Array, " samples"],
+    low: UInt32[Array, " samples"],
+    m: Int[Array, " samples"],
+    discount: float,
+) -> Array:
+    """`k` in `1 .. m` with probability proportional to `discount ** (k - 1)`, from two
+    random words per sample: uniform exactly (`scale`) for `discount=1`; otherwise by the
+    inverse of its distribution function at a float32 uniform, exact to float32's
+    resolution (each probability within about `m * 2**-23` of its value: episodes of up to
+    some thousands of steps)."""
     if discount == 1.0:
-        (k,) = below(key, m.shape, (m,))
-        return k + 1
-    u = uniform(key, m.shape)
+        return scale(high, low, m.astype(jnp.uint32)).astype(jnp.int32) + 1
+    u = to_uniform(high)
     log_d = math.log(discount)
     tail = -jnp.expm1(m.astype(jnp.float32) * log_d)  # 1 - discount ** m
     k = jnp.ceil(jnp.log1p(-u * tail) / log_d).astype(jnp.int32)

@@ -101,7 +101,12 @@ def split(key: PRNGKeyArray, num: int) -> Key[Array, " {num}"] | UInt32[Array, "
 
 def uniform(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*shape"]:
     """Exactly `jax.random.uniform(key, shape)` (float32 in `[0, 1)`), from `bits`."""
-    mantissa = bits(key, shape) >> np.uint32(32 - 23)
+    return to_uniform(bits(key, shape))
+
+
+def to_uniform(word: UInt32[Array, "*shape"]) -> Float[Array, "*shape"]:
+    """A float32 in `[0, 1)` from a random 32-bit word, as `jax.random.uniform` makes it."""
+    mantissa = word >> np.uint32(32 - 23)
     one = np.float32(1.0).view(np.uint32)
     return jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - np.float32(1.0)
 
@@ -142,6 +147,20 @@ def below(
         scale(high_word, low_word, jnp.asarray(bound).astype(jnp.uint32)).astype(jnp.int32)
         for (high_word, low_word), bound in zip(words, bounds)
     )
+
+
+def words(key: PRNGKeyArray, shape: tuple[int, ...]) -> tuple[UInt32[Array, "*shape"], ...]:
+    """Two independent random 32-bit words per element, both from one Threefry hash (its
+    two outputs), so half the hashing of `bits(key, (2, *shape))`: for the draws no JAX or
+    Flashbax function has to reproduce. Other key kinds draw `bits`."""
+    key_words = _threefry_key(key)
+    size = math.prod(shape)
+    if key_words is None or size >= 2**32:
+        high, low = bits(key, (2, *shape))
+        return high, low
+    counters = jnp.arange(size, dtype=jnp.uint32)
+    high, low = _threefry2x32(key_words, jnp.zeros_like(counters), counters)
+    return high.reshape(shape), low.reshape(shape)
 
 
 def running_sum(x: Int[Array, "*lead n"]) -> Int[Array, "*lead n"]:

@@ -94,6 +94,26 @@ def test_long_episodes_are_searched_to_their_end() -> None:
     assert max(k for _, _, k in draws) > 128
 
 
+@pytest.mark.parametrize("width", [64, 128])
+def test_episode_ends_are_found_in_blocks_that_wrap(width: int) -> None:
+    # The search for an episode's end reads blocks of flags; a block that would run past
+    # the row's end is read clamped, its rest from the row's first flags. Every start of
+    # every row, against the flags read one by one.
+    from eqx_replay._future import _first_true  # the search itself: wrapping is rare in samples
+
+    rows, capacity = 3, 200
+    flags = np.random.default_rng(width).random((rows, capacity)) < [[0.004], [0.02], [0.1]]
+    flags[0] = False
+    flags[0, 5] = True  # row 0: one end, just past the row's end for the last starts
+    row, start = (x.reshape(-1) for x in np.mgrid[:rows, :capacity])
+    found = jax.jit(_first_true, static_argnums=3)(
+        jnp.asarray(flags), jnp.asarray(row, jnp.int32), jnp.asarray(start, jnp.int32), width
+    )
+    ahead = flags[row[:, None], (start[:, None] + np.arange(width)) % capacity]
+    expected = np.where(ahead.any(axis=1), ahead.argmax(axis=1), width)
+    np.testing.assert_array_equal(np.asarray(found), expected)
+
+
 def test_nothing_qualifies_gives_poison() -> None:
     buffer = _buffer()
     state = buffer.init(EXAMPLE)

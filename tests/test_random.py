@@ -10,7 +10,16 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 
-from eqx_replay._random import below, below_flagged, bits, fold_in, scale, split, uniform
+from eqx_replay._random import (
+    below,
+    below_flagged,
+    bits,
+    fold_in,
+    scale,
+    split,
+    uniform,
+    words as two_words,
+)
 
 
 words = st.integers(0, 2**32 - 1)
@@ -34,6 +43,19 @@ def test_below_is_uniform_and_independent():
     assert scipy.stats.chisquare(np.bincount(row)).pvalue > 1e-4
     pairs = np.bincount(window * 6 + row, minlength=60)
     assert scipy.stats.chisquare(pairs).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_two_words_from_one_hash_are_uniform_and_independent(impl):
+    # `sample_future` draws its tries and offsets from both outputs of one Threefry hash:
+    # each word's top 4 bits, and the two words' jointly, are uniform.
+    high, low = jax.jit(two_words, static_argnums=1)(jax.random.key(5, impl=impl), (3, 20_000))
+    high, low = np.asarray(high).reshape(-1) >> 28, np.asarray(low).reshape(-1) >> 28
+    assert scipy.stats.chisquare(np.bincount(high, minlength=16)).pvalue > 1e-4
+    assert scipy.stats.chisquare(np.bincount(low, minlength=16)).pvalue > 1e-4
+    assert scipy.stats.chisquare(np.bincount(high * 16 + low, minlength=256)).pvalue > 1e-4
+    # Successive elements are not the same words.
+    assert len(set(zip(high.tolist()[:64], low.tolist()[:64]))) > 40
 
 
 def test_zero_bound_gives_zeros():
