@@ -67,12 +67,12 @@ class AbstractTrajectoryState(AbstractState):
         return self.current_index
 
 
-_State = TypeVar("_State", bound=AbstractTrajectoryState)
-_Sample = TypeVar("_Sample")
+State = TypeVar("State", bound=AbstractTrajectoryState)
+Sample = TypeVar("Sample")
 _Kind = TypeVar("_Kind", bound="AbstractTrajectoryBuffer")
 
 
-class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
+class AbstractTrajectoryBuffer(AbstractReplayBuffer[State, Sample]):
     """A buffer of trajectories: `add_batch_size` rows, each a stream of consecutive steps
     on a ring of `max_length_time_axis` steps, sampled as windows of
     `sample_sequence_length` steps whose starts lie on a `period` grid (see
@@ -90,40 +90,40 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     # -- hooks --------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _state_type(self) -> type[_State]:
+    def _state_type(self) -> type[State]:
         """The type of this buffer's states."""
 
     @abc.abstractmethod
-    def _empty(self, experience: PyTree) -> _State:
+    def _empty(self, experience: PyTree) -> State:
         """An empty state on one device, unsharded (`init` without its checks)."""
 
     @abc.abstractmethod
-    def _written(self, state: _State, experience: PyTree[Array], write: Write) -> _State:
+    def _written(self, state: State, experience: PyTree[Array], write: Write) -> State:
         """The state after `write` left the ring's steps as `experience`: the kind's
         bookkeeping of the windows that the write changed."""
 
     @abc.abstractmethod
-    def _has_windows(self, state: _State) -> Bool[Array, ""] | None:
+    def _has_windows(self, state: State) -> Bool[Array, ""] | None:
         """Whether some window can be drawn (the steps stored are counted apart); None when
         every window of the stored steps can."""
 
     @abc.abstractmethod
-    def _pick(self, state: _State, key: PRNGKeyArray, count: int) -> Drawn:
+    def _pick(self, state: State, key: PRNGKeyArray, count: int) -> Drawn:
         """Where `count` windows drawn for `sample` are (`ok` included)."""
 
     @abc.abstractmethod
-    def _every_window(self, state: _State) -> tuple[Drawn, Bool[Array, " candidates"]]:
+    def _every_window(self, state: State) -> tuple[Drawn, Bool[Array, " candidates"]]:
         """Every window the buffer might hold (`Drawn` with handles and probabilities for a
         prioritised kind), and which of them `sample` can draw now."""
 
     @abc.abstractmethod
     def _sample(
         self, drawn: Drawn, windows: PyTree[Array], mask: Bool[Array, "samples length"] | None
-    ) -> _Sample:
+    ) -> Sample:
         """The kind's sample of the `windows` read where `drawn` says, not yet poisoned."""
 
     @abc.abstractmethod
-    def _sharded_sample(self, state: _State, sample: Any) -> Any:
+    def _sharded_sample(self, state: State, sample: Any) -> Any:
         """Inside a sharded `sample`, on one device: its local sample as its part of the
         whole sample."""
 
@@ -196,7 +196,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
             )
         )
 
-    def init(self, experience: PyTree) -> _State:
+    def init(self, experience: PyTree) -> State:
         """Creates an empty state.
 
         **Arguments:**
@@ -211,7 +211,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         """
         return self._init(f"{type(self).__name__}.init", experience)
 
-    def _init(self, where: str, experience: PyTree) -> _State:
+    def _init(self, where: str, experience: PyTree) -> State:
         check_example(where, experience)
         self._episodes.check(where, experience, (), "the example")
         if self.frame_stack is not None:
@@ -223,7 +223,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
             return sharded_empty(shards, self._local(), experience)
         return self._empty(experience)
 
-    def _global_empty(self, experience: PyTree) -> _State:
+    def _global_empty(self, experience: PyTree) -> State:
         """`_empty`, or for a sharded buffer the shapes of the whole state."""
         shards = self._shards
         if shards is None:
@@ -243,7 +243,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         )
 
     @compiled_method(donates_state=True)
-    def add(self, state: _State, batch: PyTree) -> _State:
+    def add(self, state: State, batch: PyTree) -> State:
         """Appends a batch of trajectory pieces, continuing each row where the last add
         stopped. In a prioritised buffer, windows that the write completes get the largest
         priority set so far and a new generation; windows it overwrites that were valid get
@@ -264,7 +264,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         self._episodes.check(where, batch, (self.add_batch_size, steps), "the batch")
         return self._write(where, state, batch)
 
-    def _write(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
+    def _write(self, where: str, state: State, batch: PyTree[Shaped[Array, "..."]]) -> State:
         """`add` after its checks: `batch` is `(add_batch, t, ...)`."""
         shards = self._shards
         if shards is not None:
@@ -279,7 +279,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
             return storage
         return self.frame_stack.stacked_view(storage)
 
-    def _append(self, where: str, state: _State, batch: PyTree[Shaped[Array, "..."]]) -> _State:
+    def _append(self, where: str, state: State, batch: PyTree[Shaped[Array, "..."]]) -> State:
         """An add on one device, after its checks: `batch` is `(rows, t, ...)`."""
         steps = jtu.tree_leaves(batch)[0].shape[1]
         frames = self.frame_stack
@@ -309,7 +309,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         return self._written(state, experience, write)
 
     @compiled_method()
-    def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
+    def can_sample(self, state: State) -> Bool[Array, "*batch"]:
         """Whether `state` holds `min_length_time_axis` steps per row (or has wrapped); with
         `boundary="strict"`, also whether some window lies inside one episode; in a
         prioritised buffer, also whether some window has a positive priority."""
@@ -317,18 +317,18 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         return per_buffer(where, state, self._check_state, self._can_sample)
 
     @compiled_method()
-    def size(self, state: _State) -> Int[Array, "*batch"]:
+    def size(self, state: State) -> Int[Array, "*batch"]:
         """The number of steps stored now, summed over the rows: `add_batch_size` times the
         steps of a row (`max_length_time_axis` once the ring has wrapped). A state with
         batch axes in front (from `jax.pmap(buffer.add)`) gets one number per buffer."""
         where = f"{type(self).__name__}.size"
         return per_buffer(where, state, self._check_state, self._size)
 
-    def _size(self, state: _State) -> Int[Array, ""]:
+    def _size(self, state: State) -> Int[Array, ""]:
         steps = _ring.stored(state.current_index, state.is_full, self.max_length_time_axis)
         return self.add_batch_size * steps.astype(jnp.int32)
 
-    def _can_sample(self, state: _State) -> Bool[Array, ""]:
+    def _can_sample(self, state: State) -> Bool[Array, ""]:
         enough = state.is_full | (state.current_index >= self.min_length_time_axis)
         windows = self._has_windows(state)
         return enough if windows is None else enough & windows
@@ -336,7 +336,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message, also
     # under jaxtyping's import hook.
     @compiled_method()
-    def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
+    def sample(self, state: State, rng_key: ArrayLike) -> Sample:
         """Draws `sample_batch_size` windows, with replacement.
 
         `TrajectoryBuffer`: uniformly; the row and the window start are drawn independently,
@@ -347,8 +347,8 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
 
         A window never runs past the newest stored step. Sampling a state for which
         `can_sample` is false returns poison instead of zeros: NaN, the largest integer, or
-        True, in every element (see "Sampling semantics" in the README and the docs); a
-        prioritised sample's probabilities are then zero, never NaN.
+        True, in every element (see "Sampling semantics" in the docs); a prioritised
+        sample's probabilities are then zero, never NaN.
 
         **Arguments:**
 
@@ -371,20 +371,20 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
         return poison_sample(*self._draw(where, state, rng_key, self.sample_batch_size))
 
     def _draw(
-        self, where: str, state: _State, key: ArrayLike, count: int
-    ) -> tuple[Bool[Array, ""], _Sample]:
+        self, where: str, state: State, key: ArrayLike, count: int
+    ) -> tuple[Bool[Array, ""], Sample]:
         """`count` windows, not yet poisoned, and whether the buffer could be sampled."""
         drawn = self._choose(where, state, key, count)
         return drawn.ok, self._sample_of(where, state, drawn)
 
-    def _sample_of(self, where: str, state: _State, drawn: Drawn) -> _Sample:
+    def _sample_of(self, where: str, state: State, drawn: Drawn) -> Sample:
         """The kind's sample of the windows `drawn`, not yet poisoned."""
         windows = self._read(state, drawn, self.sample_sequence_length, _ring.read)
         return self._sample(drawn, windows, self._episodes.mask(where, windows))
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
     @compiled_method()
-    def epoch(self, state: _State, rng_key: ArrayLike) -> tuple[_Sample, Bool[Array, "M S"]]:
+    def epoch(self, state: State, rng_key: ArrayLike) -> tuple[Sample, Bool[Array, "M S"]]:
         """Every window that `sample` can draw now, each exactly once, in a uniformly random
         order, as `M` batches of `sample_batch_size`: an epoch over the stored data (e.g.
         a dataset read from a Vault), for training inside `jit` or `lax.scan`. None before
@@ -415,9 +415,9 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
     def _epoch(
         self,
         where: str,
-        state: _State,
+        state: State,
         key: ArrayLike,
-        sample_of: Callable[[str, _State, Drawn], Any],
+        sample_of: Callable[[str, State, Drawn], Any],
     ) -> Any:
         """`epoch`, whose sample is `sample_of(where, state, drawn)` (the flat and item
         kinds make their own)."""
@@ -446,7 +446,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
 
     def _read(
         self,
-        state: _State,
+        state: State,
         drawn: Drawn,
         length: int,
         read: Callable[[PyTree[Array], Array, Array, int], PyTree[Array]],
@@ -467,7 +467,7 @@ class AbstractTrajectoryBuffer(AbstractReplayBuffer[_State, _Sample]):
             lambda others: read(others, drawn.rows, drawn.starts, length),
         )
 
-    def _choose(self, where: str, state: _State, key: ArrayLike, count: int) -> Drawn:
+    def _choose(self, where: str, state: State, key: ArrayLike, count: int) -> Drawn:
         """Where `count` windows drawn for `sample` are, the state and key checked (the
         flat and item buffers read them their own way)."""
         self._check_state(where, state)

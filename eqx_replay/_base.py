@@ -20,11 +20,11 @@ from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
 from ._jit import compiled_method
 
 
-_State = TypeVar("_State")
-_Sample = TypeVar("_Sample")
+State = TypeVar("State")
+Sample = TypeVar("Sample")
 
 
-class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
+class AbstractBuffer(eqx.Module, Generic[State, Sample]):
     """A replay buffer or queue: `init`, `add`, `can_sample`, `sample`.
 
     **Fields** every kind defines:
@@ -48,19 +48,19 @@ class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
     sharding: eqx.AbstractVar[NamedSharding | None]
 
     @abc.abstractmethod
-    def init(self, experience: PyTree) -> _State:
+    def init(self, experience: PyTree) -> State:
         """An empty state for steps shaped like `experience`."""
 
     @abc.abstractmethod
-    def add(self, state: _State, batch: PyTree) -> _State:
+    def add(self, state: State, batch: PyTree) -> State:
         """The state with `batch` stored."""
 
     @abc.abstractmethod
-    def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
+    def can_sample(self, state: State) -> Bool[Array, "*batch"]:
         """Whether `sample` returns data rather than poison."""
 
     @abc.abstractmethod
-    def sample(self, state: _State, *args: Any) -> Any:
+    def sample(self, state: State, *args: Any) -> Any:
         """A sample (see the kind)."""
 
     @abc.abstractmethod
@@ -69,25 +69,26 @@ class AbstractBuffer(eqx.Module, Generic[_State, _Sample]):
         structure, shapes and dtypes). Called while tracing."""
 
     @abc.abstractmethod
-    def _can_sample(self, state: _State) -> Bool[Array, ""]:
+    def _can_sample(self, state: State) -> Bool[Array, ""]:
         """`can_sample` without its checks."""
 
 
-class AbstractReplayBuffer(AbstractBuffer[_State, _Sample]):
+class AbstractReplayBuffer(AbstractBuffer[State, Sample]):
     """A buffer sampled at random: `sample(state, rng_key) -> sample` draws
-    `sample_batch_size` items, and `_draw` any number of them (the mixer draws each buffer's
-    share)."""
+    `sample_batch_size` items. The mixer takes any such buffer."""
+
+    # `_draw` draws any number of items: the mixer draws each buffer's share with it.
 
     sample_batch_size: eqx.AbstractVar[int]
 
     @abc.abstractmethod
-    def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
+    def sample(self, state: State, rng_key: ArrayLike) -> Sample:
         """Draws `sample_batch_size` items."""
 
     @abc.abstractmethod
     def _draw(
-        self, where: str, state: _State, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], _Sample]:
+        self, where: str, state: State, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], Sample]:
         """Draws `count` items, with errors reported as coming from `where`. Called while
         tracing a compiled method.
 
@@ -97,14 +98,14 @@ class AbstractReplayBuffer(AbstractBuffer[_State, _Sample]):
         """
 
 
-class AbstractPrioritisedBuffer(AbstractReplayBuffer[_State, _Sample]):
+class AbstractPrioritisedBuffer(AbstractReplayBuffer[State, Sample]):
     """A buffer sampled in proportion to `priority ** priority_exponent`, whose samples carry
     `indices` (handles to pass back to `set_priorities`) and `probabilities`."""
 
     priority_exponent: eqx.AbstractVar[float]
 
     @compiled_method(donates_state=True)
-    def set_priorities(self, state: _State, indices: ArrayLike, priorities: ArrayLike) -> _State:
+    def set_priorities(self, state: State, indices: ArrayLike, priorities: ArrayLike) -> State:
         """Sets the priorities of sampled items (windows, transitions or items) to
         `priorities ** priority_exponent`.
 
@@ -115,7 +116,7 @@ class AbstractPrioritisedBuffer(AbstractReplayBuffer[_State, _Sample]):
             sharded buffer needs all of the sample's indices, in the sample's order: the
             `j`-th of its `n` equal parts goes to device `j`, and a handle that reaches a
             device other than the one that drew it is ignored, so a shuffled, cut or
-            concatenated sample loses updates (see "Scaling out" in the README and the docs).
+            concatenated sample loses updates (see "Scaling out" in the docs).
         - `priorities`: non-negative floats of shape `(k,)`, e.g. absolute TD errors.
 
         An update is ignored, and the item keeps its priority, when its window has been
@@ -136,8 +137,8 @@ class AbstractPrioritisedBuffer(AbstractReplayBuffer[_State, _Sample]):
     def _set_priorities(
         self,
         where: str,
-        state: _State,
+        state: State,
         indices: ArrayLike,
         priorities: ArrayLike,
-    ) -> _State:
+    ) -> State:
         """`set_priorities`, with errors reported as coming from `where`."""

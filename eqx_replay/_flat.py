@@ -263,17 +263,17 @@ class AbstractFlatBuffer(AbstractLayeredBuffer[_State, _Sample]):
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as _TypeVar
 
-    _FS = _TypeVar(
-        "_FS",
+    State = _TypeVar(
+        "State",
         TrajectoryBufferState,
         FrameStackedTrajectoryBufferState,
         default=TrajectoryBufferState,
     )
 else:
-    _FS = TypeVar("_FS", TrajectoryBufferState, FrameStackedTrajectoryBufferState)
+    State = TypeVar("State", TrajectoryBufferState, FrameStackedTrajectoryBufferState)
 
 
-class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
+class FlatBuffer(AbstractFlatBuffer[State, TransitionSample]):
     """A buffer of transitions sampled uniformly as pairs of consecutive steps, Flashbax's
     flat buffer as an Equinox Module (see the module docstring for the add modes).
 
@@ -290,7 +290,7 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
     sharding: NamedSharding | None = eqx.field(static=True)
     episode_end: Callable[[PyTree], Any] | None = eqx.field(static=True)
     frame_stack: FrameStack | None = eqx.field(static=True)
-    buffer: TrajectoryBuffer[_FS] = eqx.field(static=True, init=False)
+    buffer: TrajectoryBuffer[State] = eqx.field(static=True, init=False)
 
     def __init__(
         self,
@@ -341,14 +341,16 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
             frame_stack=frame_stack,
         )
 
-    def _sample_of(self, where: str, state: _FS, drawn: Drawn) -> TransitionSample:
+    def _sample_of(self, where: str, state: State, drawn: Drawn) -> TransitionSample:
         """The pairs `(first, second)` of consecutive steps drawn (uniformly over all
         stored pairs, with replacement, by `sample`)."""
         return TransitionSample(_pairs(self.buffer, state, drawn))
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
     @compiled_method(static=("discount",))
-    def sample_future(self, state: _FS, rng_key: ArrayLike, discount: float | int) -> FutureSample:
+    def sample_future(
+        self, state: State, rng_key: ArrayLike, discount: float | int
+    ) -> FutureSample:
         """Draws `sample_batch_size` transitions, each with a step of its own episode's
         future: for goals relabelled in hindsight (HER's "future" strategy) or the future
         states of contrastive RL. Needs `episode_end`.
@@ -400,7 +402,7 @@ class FlatBuffer(AbstractFlatBuffer[_FS, TransitionSample]):
         return self._future(where, state, key, self.sample_batch_size, discount)
 
     def _future(
-        self, where: str, state: _FS, key: PRNGKeyArray, count: int, discount: float
+        self, where: str, state: State, key: PRNGKeyArray, count: int, discount: float
     ) -> FutureSample:
         """`sample_future` on one device, after its checks."""
         assert self.episode_end is not None

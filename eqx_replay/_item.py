@@ -60,11 +60,11 @@ class PrioritisedItemBufferSample(AbstractSample):
     probabilities: Float[Array, " sample_batch"]
 
 
-_State = TypeVar("_State", bound=AbstractTrajectoryState)
-_Sample = TypeVar("_Sample")
+State = TypeVar("State", bound=AbstractTrajectoryState)
+Sample = TypeVar("Sample")
 
 
-class AbstractItemBuffer(AbstractLayeredBuffer[_State, _Sample]):
+class AbstractItemBuffer(AbstractLayeredBuffer[State, Sample]):
     """What the uniform and prioritised item buffers share: the add modes and the
     configuration of their trajectory buffer of one row. They are not sharded."""
 
@@ -108,7 +108,7 @@ class AbstractItemBuffer(AbstractLayeredBuffer[_State, _Sample]):
             )
         return jtu.tree_map(lambda x: x.reshape((1, items, *x.shape[len(axes) :])), batch)
 
-    def _items(self, state: _State, drawn: Drawn) -> PyTree[Array]:
+    def _items(self, state: State, drawn: Drawn) -> PyTree[Array]:
         """The drawn items, not yet poisoned."""
         return _ring.read_steps(state.experience, drawn.rows, drawn.starts)
 

@@ -27,16 +27,16 @@ from ._sharding import sharded_sample
 from ._windows import Drawn
 
 
-_State = TypeVar("_State", bound=AbstractTrajectoryState)
-_Sample = TypeVar("_Sample")
+State = TypeVar("State", bound=AbstractTrajectoryState)
+Sample = TypeVar("Sample")
 _Kind = TypeVar("_Kind", bound="AbstractLayeredBuffer")
 
 
-class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
+class AbstractLayeredBuffer(AbstractReplayBuffer[State, Sample]):
     """A buffer kind over a trajectory buffer (see the module docstring), whose state is
     that buffer's."""
 
-    buffer: eqx.AbstractVar[AbstractTrajectoryBuffer[_State, Any]]
+    buffer: eqx.AbstractVar[AbstractTrajectoryBuffer[State, Any]]
 
     @abc.abstractmethod
     def _rows(
@@ -45,7 +45,7 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
         """Checks an added batch and shapes it `(rows, steps, ...)` for the ring
         `storage`."""
 
-    def init(self, experience: PyTree) -> _State:
+    def init(self, experience: PyTree) -> State:
         """An empty state for steps shaped like `experience`: zeros
         `(rows, time, *leaf.shape)`, as in `TrajectoryBuffer.init`."""
         return self.buffer._init(f"{type(self).__name__}.init", experience)
@@ -54,11 +54,11 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
     def _check_state(self, where: str, state: object) -> None:
         self.buffer._check_state(where, state)
 
-    def _can_sample(self, state: _State) -> Bool[Array, ""]:
+    def _can_sample(self, state: State) -> Bool[Array, ""]:
         return self.buffer._can_sample(state)
 
     @compiled_method(donates_state=True)
-    def add(self, state: _State, batch: PyTree) -> _State:
+    def add(self, state: State, batch: PyTree) -> State:
         """Stores `batch`, shaped as the kind's add mode says; its buffers are donated
         unless the buffer was made with `donate_state=False`."""
         where = f"{type(self).__name__}.add"
@@ -67,21 +67,21 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
         return self.buffer._write(where, state, batch)
 
     @compiled_method()
-    def can_sample(self, state: _State) -> Bool[Array, "*batch"]:
+    def can_sample(self, state: State) -> Bool[Array, "*batch"]:
         """Whether `min_length` items have been added (and, when prioritised, some has a
         positive priority)."""
         where = f"{type(self).__name__}.can_sample"
         return per_buffer(where, state, self._check_state, self._can_sample)
 
     @compiled_method()
-    def size(self, state: _State) -> Int[Array, "*batch"]:
+    def size(self, state: State) -> Int[Array, "*batch"]:
         """The number of steps (items, for the item buffers) stored now, summed over the
         rows; one number per buffer for a state with batch axes in front."""
         where = f"{type(self).__name__}.size"
         return per_buffer(where, state, self._check_state, self.buffer._size)
 
     @compiled_method()
-    def sample(self, state: _State, rng_key: ArrayLike) -> _Sample:
+    def sample(self, state: State, rng_key: ArrayLike) -> Sample:
         """Draws `sample_batch_size` items; poison when `can_sample` is false."""
         where = f"{type(self).__name__}.sample"
         key = cast(PRNGKeyArray, rng_key)  # checked in `_draw`
@@ -95,7 +95,7 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
     @compiled_method()
-    def epoch(self, state: _State, rng_key: ArrayLike) -> tuple[_Sample, Bool[Array, "M S"]]:
+    def epoch(self, state: State, rng_key: ArrayLike) -> tuple[Sample, Bool[Array, "M S"]]:
         """Every item that `sample` can draw now (a transition, for the flat buffers), each
         exactly once, in a uniformly random order, as `M` batches of `sample_batch_size`,
         priorities ignored (see `TrajectoryBuffer.epoch`). `M = ceil(max_items /
@@ -111,8 +111,8 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
         return self.buffer._epoch(where, state, rng_key, self._sample_of)
 
     def _draw(
-        self, where: str, state: _State, key: PRNGKeyArray, count: int
-    ) -> tuple[Bool[Array, ""], _Sample]:
+        self, where: str, state: State, key: PRNGKeyArray, count: int
+    ) -> tuple[Bool[Array, ""], Sample]:
         """`count` items, not yet poisoned, and whether the buffer could be sampled."""
         drawn = self.buffer._choose(where, state, key, count)
         return drawn.ok, self._sample_of(where, state, drawn)
@@ -122,13 +122,13 @@ class AbstractLayeredBuffer(AbstractReplayBuffer[_State, _Sample]):
         """The buffer each device runs on its own rows when the buffer is sharded."""
 
     @abc.abstractmethod
-    def _sample_of(self, where: str, state: _State, drawn: Drawn) -> _Sample:
+    def _sample_of(self, where: str, state: State, drawn: Drawn) -> Sample:
         """The kind's sample of the items `drawn`, not yet poisoned."""
 
 
 class AbstractLayeredPrioritisedBuffer(
-    AbstractLayeredBuffer[PrioritisedTrajectoryBufferState, _Sample],
-    AbstractPrioritisedBuffer[PrioritisedTrajectoryBufferState, _Sample],
+    AbstractLayeredBuffer[PrioritisedTrajectoryBufferState, Sample],
+    AbstractPrioritisedBuffer[PrioritisedTrajectoryBufferState, Sample],
 ):
     """A buffer kind over a prioritised trajectory buffer."""
 

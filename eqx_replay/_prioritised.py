@@ -1,7 +1,7 @@
 """The prioritised trajectory buffer: windows sampled in proportion to their priority."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax.lax as lax
@@ -147,7 +147,7 @@ class PrioritisedTrajectoryBuffer(
         priority_exponent: float | int | np.floating | np.integer = 0.6,
         donate_state: bool = True,
         episode_end: Callable[[PyTree], Any] | None = None,
-        boundary: Boundary = "ignore",
+        boundary: Literal["ignore", "mask", "strict"] = "ignore",
         sharding: NamedSharding | None = None,
         frame_stack: FrameStack | None = None,
     ):
@@ -161,7 +161,7 @@ class PrioritisedTrajectoryBuffer(
         `sample_batch_size / n` windows from it: a window of device `d` is drawn by one of
         `d`'s draws with probability `p / total_d`, and `sample.probabilities` reports
         `p / (n * total_d)`, its probability under the whole sample (see "Scaling out" in
-        the README and the docs).
+        the docs).
 
         The time axis is rounded down to a multiple of `period`, with a warning.
         """
@@ -375,7 +375,7 @@ def make_prioritised_trajectory_buffer(
     device: str | None = None,
     donate_state: bool = True,
     episode_end: Callable[[PyTree], Any] | None = None,
-    boundary: Boundary = "ignore",
+    boundary: Literal["ignore", "mask", "strict"] = "ignore",
     sharding: NamedSharding | None = None,
     frame_stack: FrameStack | None = None,
 ) -> PrioritisedTrajectoryBuffer:

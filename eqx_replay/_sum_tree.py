@@ -202,13 +202,13 @@ class SumTree(Data):
 
         A draw never lands on a zero-priority item while the total is positive: at every
         level the descent enters only a child whose sum is positive. A group's children are
-        walked in blocks of `_BLOCK`: the descent enters the first positive block whose
+        walked in blocks of 8: the descent enters the first positive block whose
         running sum passes the draw, then, inside it, the first positive child whose running
         sum passes what is left of the draw (or, where rounding leaves the draw past the last
         running sum, the last positive block or child).
 
         **Returns:** the items drawn and their probabilities (priority / total, at least
-        `SMALLEST` for a positive priority; zero when the total is zero).
+        the smallest normal float32 for a positive priority; zero when the total is zero).
         """
         total = self.total()
         sizes = self._sizes
@@ -248,9 +248,9 @@ class SumTree(Data):
     def probabilities(
         self, items: Int[Array, "*shape"], total: Float[Array, ""] | None = None
     ) -> Float[Array, "*shape"]:
-        """The probabilities `sample` draws `items` with: priority / total, at least
-        `SMALLEST` for a positive priority, zero for a zero one or a zero total (`total`,
-        when the caller has it)."""
+        """The probabilities `sample` draws `items` with: priority / total, at least the
+        smallest normal float32 for a positive priority, zero for a zero one or a zero total
+        (`total`, when the caller has it)."""
         total = self.total() if total is None else total
         safe_total = jnp.where(total > 0, total, 1)
         value = self.nodes[items]

@@ -2,7 +2,7 @@
 uniformly as windows of consecutive steps on a period grid."""
 
 from collections.abc import Callable
-from typing import Any, cast, TYPE_CHECKING, TypeVar
+from typing import Any, cast, Literal, TYPE_CHECKING, TypeVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -129,23 +129,23 @@ class TrajectoryBufferSample(AbstractMaskedSample):
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as _TypeVar
 
-    _S = _TypeVar(
-        "_S",
+    State = _TypeVar(
+        "State",
         TrajectoryBufferState,
         StrictTrajectoryBufferState,
         FrameStackedTrajectoryBufferState,
         default=TrajectoryBufferState,
     )
 else:
-    _S = TypeVar(
-        "_S",
+    State = TypeVar(
+        "State",
         TrajectoryBufferState,
         StrictTrajectoryBufferState,
         FrameStackedTrajectoryBufferState,
     )
 
 
-class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
+class TrajectoryBuffer(AbstractTrajectoryBuffer[State, TrajectoryBufferSample]):
     """A replay buffer of trajectories, Flashbax's `TrajectoryBuffer` as an Equinox Module.
 
     Each of the `add_batch_size` rows is one stream of consecutive steps, stored on a ring of
@@ -188,7 +188,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         max_length_time_axis: int | None = None,
         donate_state: bool = True,
         episode_end: Callable[[PyTree], Any] | None = None,
-        boundary: Boundary = "ignore",
+        boundary: Literal["ignore", "mask", "strict"] = "ignore",
         sharding: NamedSharding | None = None,
         frame_stack: FrameStack | None = None,
     ):
@@ -245,40 +245,40 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
                 "(its windows are counted over all rows); use `boundary='mask'`"
             )
 
-    def _state_type(self) -> type[_S]:
+    def _state_type(self) -> type[State]:
         if self._episodes.strict:
-            return cast(type[_S], StrictTrajectoryBufferState)
+            return cast(type[State], StrictTrajectoryBufferState)
         if self.frame_stack is not None:
-            return cast(type[_S], FrameStackedTrajectoryBufferState)
-        return cast(type[_S], TrajectoryBufferState)
+            return cast(type[State], FrameStackedTrajectoryBufferState)
+        return cast(type[State], TrajectoryBufferState)
 
-    def _empty(self, experience: PyTree) -> _S:
+    def _empty(self, experience: PyTree) -> State:
         rows, capacity = self.add_batch_size, self.max_length_time_axis
         ring = _ring.empty(experience, rows, capacity)
         kept = None if self.frame_stack is None else self.frame_stack.empty(rows, capacity)
         if self._episodes.strict:
             grid = self._grid
             windows = SumTree.zeros(grid.num_items)
-            return cast(_S, StrictTrajectoryBufferState(*ring, windows, grid, kept))
+            return cast(State, StrictTrajectoryBufferState(*ring, windows, grid, kept))
         if kept is not None:
-            return cast(_S, FrameStackedTrajectoryBufferState(*ring, kept))
-        return cast(_S, TrajectoryBufferState(*ring))
+            return cast(State, FrameStackedTrajectoryBufferState(*ring, kept))
+        return cast(State, TrajectoryBufferState(*ring))
 
-    def _written(self, state: _S, experience: PyTree[Array], write: Write) -> _S:
+    def _written(self, state: State, experience: PyTree[Array], write: Write) -> State:
         new = (experience, write.new_index, write.new_is_full)
         if isinstance(state, FrameStackedTrajectoryBufferState):
             kept = written_frames(write)
             assert kept is not None
-            return cast(_S, FrameStackedTrajectoryBufferState(*new, kept))
+            return cast(State, FrameStackedTrajectoryBufferState(*new, kept))
         if not isinstance(state, StrictTrajectoryBufferState):
-            return cast(_S, TrajectoryBufferState(*new))
+            return cast(State, TrajectoryBufferState(*new))
         one = jnp.array(1.0, jnp.float32)
         windows, _ = update_items(state.windows, None, one, self._grid, write)
         windows, _ = drop_incomplete(self.frame_stack, windows, None, self._grid, write)
         kept = written_frames(write)
-        return cast(_S, StrictTrajectoryBufferState(*new, windows, state.grid, kept))
+        return cast(State, StrictTrajectoryBufferState(*new, windows, state.grid, kept))
 
-    def _has_windows(self, state: _S) -> Bool[Array, ""] | None:
+    def _has_windows(self, state: State) -> Bool[Array, ""] | None:
         if isinstance(state, StrictTrajectoryBufferState):
             return state.windows.total() > 0
         if isinstance(state, FrameStackedTrajectoryBufferState):
@@ -303,7 +303,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
 
     def _pick(
         self,
-        state: _S,
+        state: State,
         key: PRNGKeyArray,
         count: int,
     ) -> Drawn:
@@ -338,7 +338,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
 
     # `rng_key` is annotated loosely so that a wrong key gets `check_key`'s message.
     @compiled_method()
-    def sample_episodes(self, state: _S, rng_key: ArrayLike) -> TrajectoryBufferSample:
+    def sample_episodes(self, state: State, rng_key: ArrayLike) -> TrajectoryBufferSample:
         """Draws `sample_batch_size` whole episodes: windows of `sample_sequence_length`
         steps, each starting at the first step of an episode drawn uniformly, with
         replacement, among the episodes whose first step is still stored. Needs
@@ -393,7 +393,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         return self._episodes_drawn(where, state, key, self.sample_batch_size)
 
     def _episodes_drawn(
-        self, where: str, state: _S, key: PRNGKeyArray, count: int
+        self, where: str, state: State, key: PRNGKeyArray, count: int
     ) -> TrajectoryBufferSample:
         """`sample_episodes` on one device, after its checks: the sample, poisoned when no
         episode's first step is stored."""
@@ -403,7 +403,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
         mask = episode_mask(where, self.episode_end, windows, drawn, state)
         return poison_sample(drawn.ok, TrajectoryBufferSample(windows, mask))
 
-    def _every_window(self, state: _S) -> tuple[Drawn, Bool[Array, " candidates"]]:
+    def _every_window(self, state: State) -> tuple[Drawn, Bool[Array, " candidates"]]:
         """With `boundary="strict"`, every item of the physical grid, allowed when its
         weight is positive; otherwise every window of the logical grid from the oldest
         stored step (as `_pick` numbers them), drawable while it is stored (and with
@@ -434,7 +434,7 @@ class TrajectoryBuffer(AbstractTrajectoryBuffer[_S, TrajectoryBufferSample]):
     ) -> TrajectoryBufferSample:
         return TrajectoryBufferSample(windows, mask)
 
-    def _sharded_sample(self, state: _S, sample: Any) -> Any:
+    def _sharded_sample(self, state: State, sample: Any) -> Any:
         return sample
 
 
@@ -448,7 +448,7 @@ def make_trajectory_buffer(
     max_length_time_axis: int | None = None,
     donate_state: bool = True,
     episode_end: Callable[[PyTree], Any] | None = None,
-    boundary: Boundary = "ignore",
+    boundary: Literal["ignore", "mask", "strict"] = "ignore",
     sharding: NamedSharding | None = None,
     frame_stack: FrameStack | None = None,
 ) -> TrajectoryBuffer:

@@ -13,7 +13,6 @@ import pytest
 
 import eqx_replay as er
 
-from .helpers.pages import printed_by_blocks
 from .reference.frames import FrameReference
 
 
@@ -470,13 +469,6 @@ def test_bad_settings_and_inputs_are_refused_by_name(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match=r"frame-stacked buffer's"):
         vault = Vault("v", experience_structure=state.experience, rel_dir=str(tmp_path))
         vault.write(state)
-
-
-def test_the_guide_page_runs_as_written() -> None:
-    # docs/frames.md's Python blocks, each in a fresh namespace, print what the page says.
-    printed = printed_by_blocks("frames.md")
-    assert printed[0] == ["(2, 500, 84, 84)", "(32, 4, 84, 84)", "500 steps per row"]
-    assert printed[1] == ["[2]"]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import scipy.stats
 
 import eqx_replay as er
 
-from .helpers.pages import printed_by_blocks
 from .reference.episodes import chunk as _chunk, EpisodeReference
 from .reference.frames import FrameReference
 
@@ -197,14 +196,3 @@ def test_frame_stacked_futures_are_the_environments_stacks() -> None:
             np.testing.assert_array_equal(
                 sample.future["obs"][i], frames_ref.stack(r, g + int(offset[i]))
             )
-
-
-def test_the_guide_page_runs_as_written() -> None:
-    # docs/episodes-as-the-unit.md's Python blocks, each in a fresh namespace, print what
-    # the page says they print.
-    printed = printed_by_blocks("episodes-as-the-unit.md")
-    assert printed == [
-        ["[(12, 13, 14), (15, 16, 17)]"],
-        ["True", "True"],
-        ["(3, 4) (3, 4)", "21.0"],
-    ]

@@ -276,7 +276,7 @@ def test_no_retracing(kind, monkeypatch):
     ],
 )
 def test_dataclasses_replace_changes_the_configuration(make):
-    """The README's way to change a buffer's configuration works for every kind."""
+    """The docs' way to change a buffer's configuration works for every kind."""
     import dataclasses
 
     buffer = dataclasses.replace(make(), donate_state=False)
