@@ -171,7 +171,9 @@ def main() -> None:
         ["disk: read (cold)", f"{disk_read:.2f}", f"{gb / disk_read:.2f}", ""],
         ["`load_state` (cold)", f"{load:.2f}", f"{gb / load:.2f}", f"{disk_read / load:.0%}"],
     ]
-    report.table(["", "seconds", "GB/s", "share of the disk's"], cells, align="llll")
+    report.table(
+        ["", "seconds", "GB/s", "share of the disk's"], cells, align="llll", section="table"
+    )
     extra = (memory.peak - memory.before) / nbytes
     report.add(
         "",

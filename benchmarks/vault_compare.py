@@ -149,7 +149,9 @@ def main() -> None:
             f"{sizes['flashbax'] / sizes['eqx_replay']:.2f}x",
         ]
     )
-    report.table(["", "write (all) s", "read s", "on disk MB"], cells, align="llll")
+    report.table(
+        ["", "write (all) s", "read s", "on disk MB"], cells, align="llll", section="table"
+    )
     report.write(
         [
             "Timing: every write timed on its own (the libraries alternate, the order "

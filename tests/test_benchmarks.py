@@ -109,3 +109,25 @@ def test_episodes_tiny(tmp_path):
     table = run("episodes", tmp_path)
     for row in ["sample_future(1.0) 256", "sample_episodes 64×50", "epoch of 8,192 items"]:
         assert row in table
+
+
+def test_results_chart_draws_the_tables_it_reads(tmp_path):
+    # The charts of results files whose runs cannot be repeated here (the H200's), read
+    # from the files' tables.
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "results_chart.py"),
+            "--out",
+            str(tmp_path),
+            "compare_family_h200",
+            "compare_family",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "in the file" not in result.stderr + result.stdout  # each ratio as the file has it
+    for name in ("compare_family_h200", "compare_family"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
