@@ -14,7 +14,10 @@ from eqx_replay._random import (
     below,
     below_flagged,
     bits,
+    count_blocks,
     fold_in,
+    nth_true,
+    ranked,
     scale,
     split,
     uniform,
@@ -128,3 +131,29 @@ def test_below_flagged_draws_uniformly_among_the_flagged_cells() -> None:
     drawn = Counter(zip(np.asarray(rows).tolist(), np.asarray(columns).tolist()))
     assert set(drawn) == set(zip(*np.nonzero(flags)))
     assert scipy.stats.chisquare(list(drawn.values())).pvalue > 1e-4
+
+
+def test_blocks_ranks_and_places_are_numpys() -> None:
+    # The three steps `sample_episodes` and `below_flagged` find an item of a given rank
+    # by: the flags counted by blocks, the block of a rank, its place in the block.
+    rng = np.random.default_rng(0)
+    for p in [0.0, 0.01, 0.3, 1.0]:
+        blocks = rng.random((200, 128)) < p
+        np.testing.assert_array_equal(jax.jit(count_blocks)(blocks), blocks.sum(axis=1))
+    locate = jax.jit(lambda counts, rank: ranked(counts).locate(rank))
+    for n in [1, 31, 32, 33, 100, 782, 7813]:
+        counts = (rng.integers(0, 5, n) * (rng.random(n) < 0.5)).astype(np.int32)
+        counts[-1] += 1
+        rank = rng.integers(0, counts.sum(), 300).astype(np.int32)
+        running = np.cumsum(counts)
+        block = np.searchsorted(running, rank, side="right")
+        got_block, got_inside = locate(jnp.asarray(counts), jnp.asarray(rank))
+        np.testing.assert_array_equal(got_block, block)
+        np.testing.assert_array_equal(got_inside, rank - (running[block] - counts[block]))
+        assert int(ranked(jnp.asarray(counts)).total) == counts.sum()
+    for p in [0.01, 0.2, 0.9, 1.0]:
+        flags = rng.random((500, 128)) < p
+        flags[np.arange(500), rng.integers(0, 128, 500)] = True
+        n = (rng.random(500) * flags.sum(axis=1)).astype(np.int32)
+        expected = [np.flatnonzero(row)[k] for row, k in zip(flags, n)]
+        np.testing.assert_array_equal(jax.jit(nth_true)(flags, jnp.asarray(n)), expected)
