@@ -192,7 +192,8 @@ class Ranked(NamedTuple):
         holding the item of that rank, and the item's rank inside its block. Its group
         from the groups' running totals, then its block from the group's counts, with
         no loop (`jnp.searchsorted`'s binary search is one, of a small step per
-        halving). A `rank` out of range gives some block and rank in range."""
+        halving). A `rank` out of range gives some block in range (and a rank that may not
+        be in it)."""
         groups = self.totals.shape[0]
         group = jnp.sum(self.running <= rank[:, None], axis=1, dtype=jnp.int32)
         group = jnp.minimum(group, groups - 1)
@@ -267,6 +268,7 @@ class Flagged(NamedTuple):
     blocks: Bool[Array, "blocks size"]
     counts: Int[Array, " blocks"]
     width: int  # `n` padded to a multiple of `_BLOCK`
+    n: int
 
     @property
     def total(self) -> Int[Array, ""]:
@@ -280,21 +282,21 @@ def count_flagged(flags: Bool[Array, "rows n"]) -> Flagged:
     width = -(-n // _BLOCK) * _BLOCK
     blocks = jnp.pad(flags, ((0, 0), (0, width - n))).reshape(-1, _BLOCK)
     counts = count_blocks(blocks)
-    return Flagged(blocks, counts, width)
+    return Flagged(blocks, counts, width, n)
 
 
 def find_flagged(
     flagged: Flagged, rank: Int[Array, " count"]
 ) -> tuple[Int[Array, " count"], Int[Array, " count"]]:
     """The cells `(rows, columns)` of the True flags of ranks `rank` (in row-major order,
-    `0 <= rank < total`): its block from the running sums, then its place among the
-    block's flags."""
-    blocks, counts, width = flagged
+    `0 <= rank < total`; another rank gives some cell of `flags`): its block from the
+    blocks' counts (`Ranked.locate`), then its place among the block's flags."""
+    blocks, counts, width, n = flagged
     block, inside = ranked(counts).locate(rank)
     place = nth_true(blocks[block], inside)
     # Row by row (`rows * width` may exceed int32 where `rows * n` does not).
     row, column_block = jnp.divmod(block, width // _BLOCK)
-    return row, column_block * _BLOCK + place
+    return row, jnp.minimum(column_block * _BLOCK + place, n - 1)
 
 
 def below_flagged(
