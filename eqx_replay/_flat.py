@@ -149,7 +149,7 @@ def _with_futures(
 ) -> tuple[PyTree[Array], PyTree[Array], PyTree[Array]]:
     """`first`, `second` and the step `offset` after `first` of each drawn transition, not
     yet poisoned: each step of each leaf gathered straight into its own array (on the CPU,
-    5-9% less per `sample_future` of `benchmarks/episodes.py`'s transitions than `_pairs`'
+    4-9% less per `sample_future` of `benchmarks/episodes.py`'s transitions than `_pairs`'
     reads plus the future's, in two runs side by side)."""
     capacity = buffer.max_length_time_axis
     times = (

@@ -228,7 +228,8 @@ def nth_true(flags: Bool[Array, "count size"], n: Int[Array, " count"]) -> Int[A
     The flags are packed into 32-bit words; the word is found from the words' running bit
     counts, then the bit by halving the word five times, counting the set bits of its
     lower half each time. Elementwise work after one packing sum, which XLA's CPU fuses
-    into a few kernels: a running sum of the flags costs it ~3x more."""
+    into a few kernels (with it, `sample_episodes` of 64 windows at 1M steps went from
+    1.47-1.49x of `sample` to 1.29-1.38x, `benchmarks/episodes.py`'s rows alone)."""
     count, size = flags.shape
     assert size % 32 == 0
     shifts = jnp.arange(32, dtype=jnp.uint32)
@@ -263,17 +264,18 @@ def count_blocks(blocks: Bool[Array, "blocks size"]) -> Int[Array, " blocks"]:
 
 
 class Flagged(NamedTuple):
-    """Flags `(rows, n)` counted by blocks of `_BLOCK` (see `count_flagged`)."""
+    """Flags `(rows, n)` counted by blocks of `_BLOCK`, the counts `Ranked` (see
+    `count_flagged`)."""
 
     blocks: Bool[Array, "blocks size"]
-    counts: Int[Array, " blocks"]
+    counts: Ranked
     width: int  # `n` padded to a multiple of `_BLOCK`
     n: int
 
     @property
     def total(self) -> Int[Array, ""]:
         """How many flags are True."""
-        return jnp.sum(self.counts, dtype=jnp.int32)
+        return self.counts.total
 
 
 def count_flagged(flags: Bool[Array, "rows n"]) -> Flagged:
@@ -281,8 +283,7 @@ def count_flagged(flags: Bool[Array, "rows n"]) -> Flagged:
     n = flags.shape[1]
     width = -(-n // _BLOCK) * _BLOCK
     blocks = jnp.pad(flags, ((0, 0), (0, width - n))).reshape(-1, _BLOCK)
-    counts = count_blocks(blocks)
-    return Flagged(blocks, counts, width, n)
+    return Flagged(blocks, ranked(count_blocks(blocks)), width, n)
 
 
 def find_flagged(
@@ -292,7 +293,7 @@ def find_flagged(
     `0 <= rank < total`; another rank gives some cell of `flags`): its block from the
     blocks' counts (`Ranked.locate`), then its place among the block's flags."""
     blocks, counts, width, n = flagged
-    block, inside = ranked(counts).locate(rank)
+    block, inside = counts.locate(rank)
     place = nth_true(blocks[block], inside)
     # Row by row (`rows * width` may exceed int32 where `rows * n` does not).
     row, column_block = jnp.divmod(block, width // _BLOCK)
