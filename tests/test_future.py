@@ -93,17 +93,20 @@ def test_long_episodes_are_searched_to_their_end() -> None:
     assert max(k for _, _, k in draws) > 128
 
 
-@pytest.mark.parametrize("width", [64, 128])
-def test_episode_ends_are_found_in_blocks_that_wrap(width: int) -> None:
-    # The search for an episode's end reads blocks of flags; a block that would run past
-    # the row's end is read clamped, its rest from the row's first flags. Every start of
-    # every row, against the flags read one by one.
+@pytest.mark.parametrize(("width", "capacity"), [(64, 200), (128, 200), (128, 300), (1024, 2100)])
+def test_episode_ends_are_found_in_blocks_that_wrap(width: int, capacity: int) -> None:
+    # The search for an episode's end reads blocks of flags (1,024 in two levels: the part
+    # holding the first end, then the end in it); a block that would run past the row's
+    # end is read clamped, its rest from the row's first flags. Every start of every row,
+    # against the flags read one by one.
     from eqx_replay._future import _first_true  # the search itself: wrapping is rare in samples
 
-    rows, capacity = 3, 200
-    flags = np.random.default_rng(width).random((rows, capacity)) < [[0.004], [0.02], [0.1]]
+    rows = 3
+    rng = np.random.default_rng(width + capacity)
+    flags = rng.random((rows, capacity)) < [[0.0005], [0.004], [0.05]]
     flags[0] = False
     flags[0, 5] = True  # row 0: one end, just past the row's end for the last starts
+    flags[1, capacity - 1] = True  # row 1: an end at the row's last place
     row, start = (x.reshape(-1) for x in np.mgrid[:rows, :capacity])
     found = jax.jit(_first_true, static_argnums=3)(
         jnp.asarray(flags), jnp.asarray(row, jnp.int32), jnp.asarray(start, jnp.int32), width
