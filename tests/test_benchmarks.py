@@ -131,9 +131,3 @@ def test_results_chart_draws_the_tables_it_reads(tmp_path):
     assert "in the file" not in result.stderr + result.stdout  # each ratio as the file has it
     for name in ("compare_family_h200", "compare_family"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
-
-
-def test_ready_kernels_tiny(tmp_path):
-    table = run("ready_kernels", tmp_path)
-    assert "| independent outputs f32[256, 16] | per call |" in table
-    assert "| 8 |" in table and "| 10 |" in table
