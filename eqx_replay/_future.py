@@ -17,11 +17,11 @@ Cost. Nothing here reads the whole ring in the common case:
   of every qualifying transition, which reads every stored step's `episode_end`, in a loop
   that runs only then (as when no transition qualifies, or nearly none);
 - `m` is found from the episode-end flags read as blocks from `second` on: `_NEAR` flags
-  at once, then `_FAR` at a time in a loop, until every draw has found its episode's end
-  (no loop iteration when episodes end within `_NEAR` steps of `second`; one for
-  episodes of up to `_NEAR + _FAR` steps, as brax tasks' 1,000-step ones). A block's
-  first end is found by comparing places as bytes, in two levels for the wide blocks
-  (`_first_set`).
+  at once, then `_FAR` at a time in a loop (`_LANES` in rings of fewer than `2 * _FAR`
+  steps), until every draw has found its episode's end (no loop iteration when episodes
+  end within `_NEAR` steps of `second`; one for episodes of up to `_NEAR + _FAR` steps,
+  as brax tasks' 1,000-step ones). A block's first end is found by comparing places as
+  bytes, in two levels for the wide blocks (`_first_set`).
 
 `benchmarks/episodes.py` measures it against `sample`.
 """
@@ -101,10 +101,11 @@ def _first_true(
 ) -> Int[Array, " samples"]:
     """For each sample, the first `i < width` with `flags` true at physical time
     `starts + i` of its row (wrapping around the ring; `width <= capacity`), or `width`
-    when there is none. Read as blocks of `width` flags, which XLA gathers far faster on
-    the CPU than single flags (see `_first_set`). A block that would wrap is read clamped
-    to the row's end, and its part past the end is the row's first flags, searched once
-    per row.
+    when there is none. Read as blocks of `width` flags (at most 255, or a multiple of
+    `_LANES`), which XLA gathers far faster on the CPU than single flags (see
+    `_first_set`), unless the ring holds fewer than `2 * width` steps. A block that would
+    wrap is read clamped to the row's end, and its part past the end is the row's first
+    flags, searched once per row.
 
     `zero` is 0, as a value XLA cannot know inside a loop (`min(i, 0)` of the loop's
     counter): so that it does not hoist the rows' first flags out of a loop that seldom
@@ -253,7 +254,9 @@ def draw_future(
         first_last = jnp.minimum(first_end, jnp.maximum(stored - 1 - ahead, 0))
         return jnp.where((m == 0) & (first_last < width), first + first_last + 1, m)
 
-    near, far = min(_NEAR, capacity), min(_FAR, capacity)
+    # A ring too small for `_FAR`-flag blocks (see `_first_true`) reads `_LANES` at a time.
+    near = min(_NEAR, capacity)
+    far = _FAR if 2 * _FAR <= capacity else min(_LANES, capacity)
     m = search(jnp.int32(0), near, jnp.zeros((count,), jnp.int32))
     _, m = lax.while_loop(
         lambda c: (c[0] < capacity) & jnp.any(c[1] == 0),
